@@ -1,0 +1,5 @@
+"""``python -m pykvm`` runs the CLI."""
+
+from pykvm.cli import main
+
+main()

@@ -1,0 +1,94 @@
+"""One bus for port I/O and MMIO, used alike by KVM exits and by the emulator.
+
+A device claims a range of ports or guest-physical addresses and implements
+``read(offset, size) -> int`` and ``write(offset, size, value)``; offsets are
+relative to the start of the range it claimed. Accesses nobody claimed read as
+all-ones and are logged at debug level, as on a PC's floating bus.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from typing import Protocol
+
+from pykvm.errors import PykvmError
+
+log = logging.getLogger(__name__)
+
+_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
+
+
+class Device(Protocol):
+    def read(self, offset: int, size: int) -> int: ...
+
+    def write(self, offset: int, size: int, value: int) -> None: ...
+
+
+class BusConflictError(PykvmError):
+    """Two devices claimed overlapping ranges."""
+
+
+class _AddressSpace:
+    """Sorted, non-overlapping ranges → device; lookups cache the last hit (guests hammer one port)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._starts: list[int] = []
+        self._entries: list[tuple[int, int, Device]] = []
+        self._last: tuple[int, int, Device] | None = None
+
+    def register(self, start: int, length: int, device: Device) -> None:
+        end = start + length
+        for s, e, _ in self._entries:
+            if start < e and s < end:
+                raise BusConflictError(f"{self.name} range {start:#x}-{end - 1:#x} overlaps {s:#x}-{e - 1:#x}")
+        i = bisect.bisect(self._starts, start)
+        self._starts.insert(i, start)
+        self._entries.insert(i, (start, end, device))
+
+    def find(self, addr: int):
+        last = self._last
+        if last is not None and last[0] <= addr < last[1]:
+            return last
+        i = bisect.bisect(self._starts, addr) - 1
+        if i >= 0:
+            entry = self._entries[i]
+            if addr < entry[1]:
+                self._last = entry
+                return entry
+        return None
+
+    def read(self, addr: int, size: int) -> int:
+        entry = self.find(addr)
+        if entry is None:
+            log.debug("%s read from unclaimed %#x (size %d)", self.name, addr, size)
+            return _ONES[size]
+        return entry[2].read(addr - entry[0], size)
+
+    def write(self, addr: int, size: int, value: int) -> None:
+        entry = self.find(addr)
+        if entry is None:
+            log.debug("%s write %#x to unclaimed %#x (size %d)", self.name, value, addr, size)
+            return
+        entry[2].write(addr - entry[0], size, value)
+
+
+class Bus:
+    """Port-I/O and MMIO address spaces of one machine."""
+
+    def __init__(self):
+        self.pio = _AddressSpace("port")
+        self.mmio = _AddressSpace("mmio")
+
+    def pio_read(self, port: int, size: int) -> int:
+        return self.pio.read(port, size)
+
+    def pio_write(self, port: int, size: int, value: int) -> None:
+        self.pio.write(port, size, value)
+
+    def mmio_read(self, addr: int, size: int) -> int:
+        return self.mmio.read(addr, size)
+
+    def mmio_write(self, addr: int, size: int, value: int) -> None:
+        self.mmio.write(addr, size, value)

@@ -1,0 +1,1 @@
+"""Architecture facts shared by the KVM layer, the loaders and the emulator (no KVM, no emulator state)."""
