@@ -1,0 +1,183 @@
+"""``Vcpu``: registers, MSRs, CPUID, debug control and ``run()`` on one vCPU fd.
+
+Every ioctl goes through a cdata buffer allocated once per vCPU. The getters
+return those shared buffers (valid until the next call of the same getter);
+copy what you keep. ``run()`` returns the typed exit record for the reason KVM
+reported, reading straight from the mmap'd ``kvm_run``.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+
+from pykvm.errors import KvmIoctlError
+from pykvm.kvm import ioctls as K
+from pykvm.kvm._ffi import ffi, libc
+from pykvm.kvm._syscall import NULL, ioctl
+from pykvm.kvm.exits import Exit, make_exit_table
+
+_MAX_MSRS = 64
+
+
+class Vcpu:
+    def __init__(self, vm, index: int, fd: int, mmap_size: int):
+        self.vm = vm
+        self.index = index
+        self.fd = fd
+        self._mmap = mmap.mmap(fd, mmap_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self._view = memoryview(self._mmap)
+        self.kvm_run = ffi.from_buffer("struct kvm_run *", self._mmap)
+        self._exits, self._unsupported = make_exit_table(self.kvm_run, self._view)
+        self._regs = ffi.new("struct kvm_regs *")
+        self._sregs = ffi.new("struct kvm_sregs *")
+        self._fpu = ffi.new("struct kvm_fpu *")
+        self._msrs = ffi.new("struct kvm_msrs *", {"entries": _MAX_MSRS})
+        self._mp_state = ffi.new("struct kvm_mp_state *")
+        self._debug = ffi.new("struct kvm_guest_debug *")
+        self._events = ffi.new("struct kvm_vcpu_events *")
+        self._run_request = K.KVM_RUN
+        self.exit_count = 0
+
+    # -- running --------------------------------------------------------------------------
+    def run(self) -> Exit:
+        """KVM_RUN until the next exit; return its typed record (an ``IntrExit`` on EINTR)."""
+        self.exit_count += 1
+        if libc.ioctl(self.fd, self._run_request, NULL) < 0:
+            err = ffi.errno
+            if err == errno.EINTR or err == errno.EAGAIN:
+                self.kvm_run.exit_reason = 10  # KVM_EXIT_INTR: the caller sees an interrupted run
+            else:
+                raise KvmIoctlError("KVM_RUN", err, os.strerror(err))
+        reason = self.kvm_run.exit_reason
+        if reason < 64:
+            return self._exits[reason]
+        return self._unsupported
+
+    @property
+    def immediate_exit(self) -> bool:
+        return bool(self.kvm_run.immediate_exit)
+
+    @immediate_exit.setter
+    def immediate_exit(self, value: bool) -> None:
+        """When set, the next KVM_RUN returns at once with EINTR (safe to set from a signal handler)."""
+        self.kvm_run.immediate_exit = 1 if value else 0
+
+    def enable_sync_regs(self, mask: int = K.KVM_SYNC_X86_REGS | K.KVM_SYNC_X86_SREGS | K.KVM_SYNC_X86_EVENTS) -> None:
+        """Ask KVM to copy regs/sregs/events into ``kvm_run.s.regs`` on every exit (KVM_CAP_SYNC_REGS)."""
+        self.kvm_run.kvm_valid_regs = mask
+
+    @property
+    def sync_regs(self):
+        """The ``struct kvm_sync_regs`` KVM fills on exit when sync regs are enabled."""
+        return self.kvm_run.s.regs
+
+    # -- registers ------------------------------------------------------------------------
+    def get_regs(self):
+        ioctl(self.fd, K.KVM_GET_REGS, self._regs, "KVM_GET_REGS")
+        return self._regs
+
+    def set_regs(self, regs) -> None:
+        ioctl(self.fd, K.KVM_SET_REGS, regs, "KVM_SET_REGS")
+
+    def get_sregs(self):
+        ioctl(self.fd, K.KVM_GET_SREGS, self._sregs, "KVM_GET_SREGS")
+        return self._sregs
+
+    def set_sregs(self, sregs) -> None:
+        ioctl(self.fd, K.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
+
+    def get_fpu(self):
+        ioctl(self.fd, K.KVM_GET_FPU, self._fpu, "KVM_GET_FPU")
+        return self._fpu
+
+    def set_fpu(self, fpu) -> None:
+        ioctl(self.fd, K.KVM_SET_FPU, fpu, "KVM_SET_FPU")
+
+    def get_msrs(self, indices) -> dict[int, int]:
+        """Read MSRs by index; MSRs KVM does not know are left out of the result."""
+        indices = list(indices)
+        if len(indices) > _MAX_MSRS:
+            raise ValueError(f"at most {_MAX_MSRS} MSRs per call")
+        msrs = self._msrs
+        for i, index in enumerate(indices):
+            msrs.entries[i].index = index
+            msrs.entries[i].data = 0
+        msrs.nmsrs = len(indices)
+        n = ioctl(self.fd, K.KVM_GET_MSRS, msrs, "KVM_GET_MSRS")
+        return {msrs.entries[i].index: msrs.entries[i].data for i in range(n)}
+
+    def set_msrs(self, values: dict[int, int]) -> None:
+        """Write MSRs; all must be accepted, else ``KvmIoctlError`` names the first refused one."""
+        if len(values) > _MAX_MSRS:
+            raise ValueError(f"at most {_MAX_MSRS} MSRs per call")
+        msrs = self._msrs
+        for i, (index, data) in enumerate(values.items()):
+            msrs.entries[i].index = index
+            msrs.entries[i].data = data
+        msrs.nmsrs = len(values)
+        n = ioctl(self.fd, K.KVM_SET_MSRS, msrs, "KVM_SET_MSRS")
+        if n != len(values):
+            refused = msrs.entries[n].index
+            raise KvmIoctlError("KVM_SET_MSRS", errno.EINVAL, f"MSR {refused:#x} was refused")
+
+    def set_cpuid(self, cpuid) -> None:
+        """KVM_SET_CPUID2 with a ``struct kvm_cpuid2 *`` (e.g. ``Kvm.supported_cpuid()``)."""
+        ioctl(self.fd, K.KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2")
+
+    def get_mp_state(self) -> int:
+        ioctl(self.fd, K.KVM_GET_MP_STATE, self._mp_state, "KVM_GET_MP_STATE")
+        return self._mp_state.mp_state
+
+    def set_mp_state(self, state: int) -> None:
+        self._mp_state.mp_state = state
+        ioctl(self.fd, K.KVM_SET_MP_STATE, self._mp_state, "KVM_SET_MP_STATE")
+
+    def get_vcpu_events(self):
+        ioctl(self.fd, K.KVM_GET_VCPU_EVENTS, self._events, "KVM_GET_VCPU_EVENTS")
+        return self._events
+
+    def set_vcpu_events(self, events) -> None:
+        ioctl(self.fd, K.KVM_SET_VCPU_EVENTS, events, "KVM_SET_VCPU_EVENTS")
+
+    def set_guest_debug(self, enable: bool = True, single_step: bool = False,
+                        hw_breakpoints: tuple[int, ...] = ()) -> None:
+        """KVM_SET_GUEST_DEBUG: single-stepping and up to four hardware execution breakpoints."""
+        if len(hw_breakpoints) > 4:
+            raise ValueError("x86 has four hardware breakpoints")
+        dbg = self._debug
+        control = 0
+        if enable:
+            control = K.KVM_GUESTDBG_ENABLE
+            if single_step:
+                control |= K.KVM_GUESTDBG_SINGLESTEP
+            if hw_breakpoints:
+                control |= K.KVM_GUESTDBG_USE_HW_BP
+        dr7 = 0
+        for i in range(4):
+            addr = hw_breakpoints[i] if i < len(hw_breakpoints) else 0
+            dbg.arch.debugreg[i] = addr
+            if i < len(hw_breakpoints):
+                dr7 |= 1 << (2 * i + 1)  # global enable, execute, 1 byte
+        dbg.arch.debugreg[7] = dr7
+        dbg.control = control
+        ioctl(self.fd, K.KVM_SET_GUEST_DEBUG, dbg, "KVM_SET_GUEST_DEBUG")
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        self._exits, self._unsupported = [], None
+        ffi.release(self.kvm_run)       # drop cffi's export of the mapping
+        self.kvm_run = None
+        self._view.release()
+        self._mmap.close()
+        os.close(self.fd)
+        self.fd = -1
+
+    def __enter__(self) -> "Vcpu":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
