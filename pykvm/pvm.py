@@ -74,7 +74,8 @@ class Events:
         self.pending = False
 
 
-def handle_non_pvm_mode(emulator, budget: int = DEFAULT_BATCH, events: Events | None = None) -> tuple[Outcome, int]:
+def handle_non_pvm_mode(emulator, budget: int = DEFAULT_BATCH, events: Events | None = None,
+                        observer=None) -> tuple[Outcome, int]:
     """Emulate at most ``budget`` instructions of non-PVM mode; return (outcome, instructions executed).
 
     Mirrors the patch's loop: convert first if allowed; then per step, return if an
@@ -82,7 +83,8 @@ def handle_non_pvm_mode(emulator, budget: int = DEFAULT_BATCH, events: Events | 
     after any instruction that can change what the rule looks at (CS loads, CR0/CR4/EFER
     writes, CPL changes) or that halts, so checking between its chunks is the same as
     checking before every instruction. A switch to user mode in non-PVM mode is an
-    emulation error, as in the patch.
+    emulation error, as in the patch. ``observer(state, done)``, if given, is called after
+    each chunk (the machine logs mode transitions with it).
     """
     state = emulator.state
     if try_to_convert_to_pvm_mode(state):
@@ -94,6 +96,8 @@ def handle_non_pvm_mode(emulator, budget: int = DEFAULT_BATCH, events: Events | 
         if try_to_convert_to_pvm_mode(state):
             return Outcome.CONVERTED, done
         done += emulator.run(budget - done)
+        if observer is not None:
+            observer(state, done)
         if not is_supervisor(state):
             raise EmulationError("guest switched to user mode outside PVM mode", rip=state.rip)
         if state.halted:

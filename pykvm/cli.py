@@ -1,0 +1,166 @@
+"""The ``pykvm`` command: thin click wrappers over ``Machine``; every PykvmError becomes one line.
+
+Exit status of ``pykvm run``: the guest's debug-exit status ``(value << 1) | 1`` (odd),
+0 when the guest halts with interrupts off, else one of pykvm's even codes
+(see ``pykvm.errors`` and the README's table).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from pykvm import pvm
+from pykvm.errors import BadInputError, PykvmError
+
+MEMORY_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+FORMATS = ("auto", "flat", "bootsector", "elf", "multiboot")
+MODES = ("real", "protected", "long")
+
+
+def parse_size(text: str) -> int:
+    """'64M', '512K', '1G' or a plain byte count."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1] if t and t[-1] in MEMORY_UNITS else ""
+    number = t[:-1] if unit else t
+    try:
+        value = int(number, 0) * MEMORY_UNITS[unit]
+    except ValueError:
+        raise BadInputError(f"--mem {text!r}: expected a size like 64M, 512K or 1G") from None
+    if value < (1 << 20) or value > (64 << 30) or value % 4096:
+        raise BadInputError(f"--mem {text}: must be a multiple of 4 KiB between 1 MiB and 64 GiB")
+    return value
+
+
+class Address(click.ParamType):
+    name = "address"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return int(value, 0)
+        except ValueError:
+            self.fail(f"{value!r} is not an address (use 0x... or decimal)", param, ctx)
+
+
+def _fail(error: PykvmError) -> None:
+    click.echo(f"pykvm: error: {error}", err=True)
+    sys.exit(error.exit_code)
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="pykvm: %(message)s", stream=sys.stderr, force=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pykvm-pvm", prog_name="pykvm")
+def main() -> None:
+    """pykvm: a VMM in Python over /dev/kvm, emulating PVM's non-PVM mode in userspace."""
+
+
+@main.command()
+@click.option("--device", default="/dev/kvm", show_default=True, help="KVM device to check.")
+def info(device: str) -> None:
+    """Check that this host can run guests and show what KVM offers."""
+    from pykvm.kvm import Kvm
+
+    try:
+        with Kvm(device) as kvm:
+            click.echo(f"{device}: usable, KVM API version {kvm.api_version}")
+            click.echo(f"backend: {'PVM (kvm_pvm loaded)' if kvm.is_pvm_host() else 'not PVM (kvm_pvm not loaded)'}")
+            click.echo(f"vCPU mmap size: {kvm.vcpu_mmap_size} bytes")
+            click.echo(f"supported CPUID entries: {kvm.supported_cpuid().nent}")
+            click.echo("capabilities:")
+            for name, value in kvm.capabilities().items():
+                click.echo(f"  {name:<20} {value}")
+    except PykvmError as e:
+        _fail(e)
+
+
+def _image_options(f):
+    options = [
+        click.argument("image", required=False),
+        click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
+                     help="Image format."),
+        click.option("--mode", type=click.Choice(MODES), default=None,
+                     help="Entry mode of a flat image (default: real)."),
+        click.option("--load-addr", type=Address(), default=None, help="Where a flat image is loaded."),
+        click.option("--entry", type=Address(), default=None, help="Entry point (default: load address)."),
+        click.option("--mem", "mem", default="64M", show_default=True, help="Guest RAM size."),
+        click.option("--cmdline", default="", help="Kernel command line (multiboot)."),
+        click.option("--serial", default="stdio", show_default=True, help="Serial output: stdio or a file path."),
+        click.option("--emulator", type=click.Choice(["userspace", "kernel"]), default="userspace",
+                     show_default=True, help="Who emulates non-PVM mode: pykvm, or the host kernel."),
+        click.option("--emul-batch", type=click.IntRange(1), default=pvm.DEFAULT_BATCH, show_default=True,
+                     help="Instructions emulated per batch before checking for events."),
+        click.option("-v", "--verbose", count=True, help="Log mode switches and exits (-vv: every access)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _open_serial(serial: str):
+    if serial == "stdio":
+        return sys.stdout.buffer, False
+    try:
+        return open(serial, "wb"), True
+    except OSError as e:
+        raise BadInputError(f"--serial {serial}: {e.strerror}") from None
+
+
+def _machine_for(image, fmt, mode, load_addr, entry, mem, cmdline, serial_out, emulator, emul_batch):
+    from pykvm.guests import resolve_image
+    from pykvm.machine import Machine
+
+    path = resolve_image(image)
+    if image is None and mode is None:
+        mode = "real"
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise BadInputError(f"{path}: {e.strerror}") from None
+    machine = Machine(parse_size(mem), serial_output=serial_out, emulator=emulator, emul_batch=emul_batch)
+    try:
+        machine.load(data, fmt, mode=mode, load_addr=load_addr, entry=entry, cmdline=cmdline)
+    except BaseException:
+        machine.close()
+        raise
+    return machine
+
+
+@main.command()
+@_image_options
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop the guest after this many seconds (exit status 10).")
+@click.option("--stats", is_flag=True, help="Print run statistics to stderr at the end.")
+def run(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emulator, emul_batch, verbose, timeout, stats):
+    """Run IMAGE (default: the built-in boot16to64 guest) until it exits.
+
+    IMAGE may be a flat binary, a boot sector, an ELF or a multiboot kernel, or a
+    guest source in guests/ (built first).
+    """
+    _setup_logging(verbose)
+    serial_out = None
+    close_serial = False
+    try:
+        serial_out, close_serial = _open_serial(serial)
+        with _machine_for(image, fmt, mode, load_addr, entry, mem, cmdline, serial_out, emulator,
+                          emul_batch) as machine:
+            try:
+                status = machine.run(timeout=timeout)
+            finally:
+                if stats:
+                    s = machine.stats
+                    click.echo(f"pykvm: {s.emulated_instructions} instructions emulated, {s.kvm_exits} KVM exits, "
+                               f"{s.conversions} conversions to PVM mode, {s.seconds:.3f}s", err=True)
+    except PykvmError as e:
+        _fail(e)
+    finally:
+        if close_serial:
+            serial_out.close()
+    sys.exit(status)

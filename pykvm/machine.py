@@ -1,0 +1,306 @@
+"""A machine: KVM VM + guest RAM + device bus + one vCPU, and the run loop that switches
+between the userspace emulator (non-PVM mode) and ``KVM_RUN`` (PVM mode).
+
+State crosses between the two only at mode boundaries: ``store_state`` once on
+conversion to PVM mode, ``state_from_kvm`` (from the sync-regs area KVM fills on
+every exit, so no extra ioctl) when an exit shows the vCPU back in non-PVM mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from pykvm import pvm
+from pykvm.control import RunControl
+from pykvm.devices import debug_exit
+from pykvm.devices.bus import Bus
+from pykvm.devices.debug_exit import DebugExit, GuestExit
+from pykvm.devices.serial import Serial16550
+from pykvm.emulator.state import CS, CpuState
+from pykvm.errors import EmulationError, GuestShutdownError, HostError
+from pykvm.kvm import Kvm
+from pykvm.kvm.cpu_state import SYNCED_MSRS, load_state, state_from_kvm, store_state
+from pykvm.kvm.exits import ExitReason
+from pykvm.x86.bits import CR0_PE, CR0_PG, EFER_LMA, FLAG_IF
+
+log = logging.getLogger("pykvm")
+
+COM1 = 0x3F8
+DEFAULT_MEMORY = 64 << 20
+EMULATORS = ("userspace", "kernel")
+_CPUID_FLAG_SIGNIFICANT_INDEX = 1
+_IO_STRUCTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I")}
+
+
+def describe_mode(state: CpuState) -> str:
+    """A short name for the vCPU's operating mode, for logs and the debugger."""
+    if state.efer & EFER_LMA:
+        cs = state.seg[CS]
+        return "long mode (64-bit)" if cs.l else f"long mode (compat {'32' if cs.db else '16'}-bit)"
+    if not state.cr0 & CR0_PE:
+        return "real mode"
+    bits = "32" if state.seg[CS].db else "16"
+    return f"protected mode ({bits}-bit{', paging' if state.cr0 & CR0_PG else ''})"
+
+
+@dataclass
+class RunStats:
+    emulated_instructions: int = 0
+    kvm_exits: int = 0
+    conversions: int = 0
+    reentries: int = 0          # exits that found the vCPU back in non-PVM mode
+    seconds: float = 0.0
+
+
+class Machine:
+    """Owns every fd and mapping of one guest; use as a context manager."""
+
+    def __init__(self, memory_size: int = DEFAULT_MEMORY, serial_output: BinaryIO | None = None,
+                 emulator: str = "userspace", emul_batch: int = pvm.DEFAULT_BATCH, kvm_path: str = "/dev/kvm"):
+        if emulator not in EMULATORS:
+            raise ValueError(f"emulator must be one of {EMULATORS}")
+        if emul_batch < 1:
+            raise ValueError("the emulation batch must be at least 1 instruction")
+        self.emulator_kind = emulator
+        self.emul_batch = emul_batch
+        self.stats = RunStats()
+        self.events = pvm.Events()
+        self.kvm = Kvm(kvm_path)
+        try:
+            self.vm = self.kvm.create_vm()
+            self.memory = self.vm.create_memory(memory_size)
+            self.vcpu = self.vm.create_vcpu()
+            self.vcpu.set_cpuid(self.kvm.supported_cpuid())
+            self.vcpu.enable_sync_regs()
+        except BaseException:
+            self.close()
+            raise
+        self.bus = Bus()
+        self.serial = Serial16550(serial_output if serial_output is not None else sys.stdout.buffer)
+        self.bus.pio.register(COM1, 8, self.serial)
+        self.bus.pio.register(debug_exit.PORT, debug_exit.LENGTH, DebugExit())
+        self.state: CpuState | None = None
+        self.in_pvm_mode = False      # True while KVM holds the authoritative vCPU state
+        self._emulator = None
+        self._cpuid_table = self._build_cpuid_table()
+        self.image = None
+
+    # -- setup ------------------------------------------------------------------------------
+    def _build_cpuid_table(self) -> dict[tuple[int, int], tuple[int, int, int, int]]:
+        cpuid = self.kvm.supported_cpuid()
+        table = {}
+        for i in range(cpuid.nent):
+            e = cpuid.entries[i]
+            index = e.index if e.flags & _CPUID_FLAG_SIGNIFICANT_INDEX else 0
+            table[(e.function, index)] = (e.eax, e.ebx, e.ecx, e.edx)
+        return table
+
+    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        """What CPUID returns in this vCPU: the entries given to KVM_SET_CPUID2."""
+        return self._cpuid_table.get((leaf, subleaf)) or self._cpuid_table.get((leaf, 0)) or (0, 0, 0, 0)
+
+    def load(self, data: bytes, fmt: str = "auto", mode: str | None = None, load_addr: int | None = None,
+             entry: int | None = None, cmdline: str = ""):
+        """Load an image into guest RAM and set the vCPU's entry state for its mode."""
+        from pykvm.loaders import load as load_image
+        from pykvm.x86 import boot
+
+        image = load_image(self.memory, data, fmt, mode=mode, load_addr=load_addr, entry=entry, cmdline=cmdline)
+        boot.prepare_memory(image.mode, self.memory)
+        self.set_state(boot.initial_state(image.mode, image.entry, registers=image.registers))
+        self.image = image
+        return image
+
+    def set_state(self, state: CpuState) -> None:
+        """Start the vCPU from ``state`` (in the emulator or in KVM, whichever its mode calls for)."""
+        self.state = state
+        self.in_pvm_mode = False
+        if self.emulator_kind == "kernel" or pvm.may_convert(state):
+            self._enter_kvm()
+
+    @property
+    def emulator(self):
+        if self._emulator is None:
+            from pykvm.emulator import Emulator
+
+            self._emulator = Emulator(self.state, self.memory, self.bus, cpuid=self.cpuid)
+        return self._emulator
+
+    # -- switching --------------------------------------------------------------------------
+    def _enter_kvm(self) -> None:
+        """Hand the vCPU to KVM: one SET of sregs, regs and MSRs."""
+        if self.emulator_kind == "userspace":
+            if not pvm.try_to_convert_to_pvm_mode(self.state):
+                raise EmulationError("cannot convert to PVM mode", rip=self.state.rip)
+            self.stats.conversions += 1
+            log.info("converted to PVM mode after %d emulated instructions: %s, rip=%#x",
+                     self.stats.emulated_instructions, describe_mode(self.state), self.state.rip)
+        store_state(self.vcpu, self.state)
+        self.in_pvm_mode = True
+
+    def _leave_kvm(self) -> None:
+        """Take the vCPU back from KVM for the userspace emulator (state from the sync-regs area)."""
+        sync = self.vcpu.sync_regs
+        self.state = state_from_kvm(sync.regs, sync.sregs, self.vcpu.get_msrs(SYNCED_MSRS), self.state)
+        self.in_pvm_mode = False
+        self.stats.reentries += 1
+        if self._emulator is not None:
+            self._emulator.state = self.state
+            self._emulator.invalidate_code_cache()
+        log.info("back in non-PVM mode: %s, rip=%#x", describe_mode(self.state), self.state.rip)
+
+    def _kvm_in_non_pvm_mode(self) -> bool:
+        sregs = self.vcpu.sync_regs.sregs
+        if not sregs.efer & EFER_LMA:
+            return True
+        cs = sregs.cs
+        return not cs.l and (sregs.ss.dpl == 0 or not cs.db)
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self, timeout: float | None = None) -> int:
+        """Run until the guest ends; return the process exit status (debug-exit status, or 0 on halt).
+
+        Raises a ``PykvmError`` for triple faults, emulation failures, timeouts and Ctrl-C.
+        """
+        if self.state is None:
+            raise HostError("nothing loaded: call load() or set_state() first")
+        started = time.perf_counter()
+        self.events.pending = False
+        control = RunControl(self.events, [self.vcpu], timeout)
+        try:
+            with control:
+                while True:
+                    if self.events.pending:
+                        control.raise_if_stopped()
+                        self.events.pending = False
+                    if self.in_pvm_mode:
+                        status = self._run_kvm()
+                    else:
+                        status = self._run_emulator()
+                    if status is not None:
+                        return status
+        except GuestExit as e:
+            log.info("guest wrote %#x to the debug-exit port", e.value)
+            return e.status
+        finally:
+            self.vcpu.immediate_exit = False
+            self.stats.seconds += time.perf_counter() - started
+            self.serial.flush()
+
+    def _halted(self, rflags: int, where: str) -> int | None:
+        if not rflags & FLAG_IF:
+            log.info("guest halted with interrupts off (%s)", where)
+            return 0
+        # No interrupt source exists yet: a real CPU would sleep until one arrives, so do we.
+        log.info("guest halted with interrupts on and nothing to wake it; waiting (%s)", where)
+        while not self.events.pending:
+            time.sleep(0.01)
+        return None
+
+    def _run_emulator(self) -> int | None:
+        emulator = self.emulator
+        outcome, count = pvm.handle_non_pvm_mode(emulator, self.emul_batch, self.events,
+                                                 observer=self._observe_mode if log.isEnabledFor(logging.INFO) else None)
+        self.stats.emulated_instructions += count
+        if outcome is pvm.Outcome.CONVERTED:
+            self._enter_kvm()
+        elif outcome is pvm.Outcome.HALTED:
+            self.state.halted = False
+            return self._halted(self.state.rflags, "emulator")
+        return None
+
+    def _observe_mode(self, state: CpuState, count: int) -> None:
+        mode = describe_mode(state)
+        if mode != getattr(self, "_last_mode", None):
+            log.info("mode: %s at rip=%#x after %d emulated instructions", mode, state.rip,
+                     self.stats.emulated_instructions + count)
+            self._last_mode = mode
+
+    def _run_kvm(self) -> int | None:
+        """KVM_RUN until something needs the run loop's attention; port I/O is handled inline."""
+        vcpu = self.vcpu
+        run = vcpu.run
+        kvm_run = vcpu.kvm_run
+        io = kvm_run.io
+        view = vcpu._view
+        view_len = len(view)
+        bus = self.bus
+        stats = self.stats
+        events = self.events
+        check_mode = self.emulator_kind == "userspace"
+        IO, HLT, MMIO, INTR = ExitReason.IO, ExitReason.HLT, ExitReason.MMIO, ExitReason.INTR
+        while not events.pending:
+            exit_ = run()
+            stats.kvm_exits += 1
+            reason = exit_.reason
+            if reason == IO:
+                size = io.size
+                count = io.count
+                off = io.data_offset
+                if size not in _IO_STRUCTS or off + size * count > view_len:
+                    raise EmulationError(f"KVM reported I/O data at {off:#x} outside kvm_run")
+                st = _IO_STRUCTS[size]
+                port = io.port
+                if io.direction:
+                    for i in range(count):
+                        bus.pio_write(port, size, st.unpack_from(view, off + i * size)[0])
+                else:
+                    for i in range(count):
+                        st.pack_into(view, off + i * size, bus.pio_read(port, size))
+                continue
+            if reason == MMIO:
+                if exit_.is_write:
+                    bus.mmio_write(exit_.address, exit_.length, exit_.value)
+                else:
+                    exit_.set_value(bus.mmio_read(exit_.address, exit_.length))
+                continue
+            if reason == INTR:
+                return None
+            if check_mode and self._kvm_in_non_pvm_mode():
+                self._leave_kvm()
+                if reason == HLT:
+                    return self._halted(self.state.rflags, "non-PVM mode under KVM")
+                return None
+            if reason == HLT:
+                return self._halted(vcpu.sync_regs.regs.rflags, "KVM")
+            return self._fatal_exit(exit_)
+        return None
+
+    def _fatal_exit(self, exit_) -> int:
+        rip = self.vcpu.sync_regs.regs.rip
+        reason = exit_.reason
+        if reason == ExitReason.SHUTDOWN:
+            raise GuestShutdownError(f"guest shut down (triple fault) at rip={rip:#x}")
+        if reason == ExitReason.SYSTEM_EVENT:
+            raise GuestShutdownError(f"guest requested {exit_.describe()} at rip={rip:#x}")
+        if reason == ExitReason.INTERNAL_ERROR:
+            raise EmulationError(f"KVM {exit_.describe()}", rip=rip, code=exit_.instruction_bytes)
+        raise EmulationError(f"unexpected KVM exit: {exit_.describe()}", rip=rip)
+
+    # -- inspection ---------------------------------------------------------------------------
+    def current_state(self) -> CpuState:
+        """The vCPU's state now, wherever it lives (one GET of regs/sregs/MSRs when in KVM)."""
+        if self.in_pvm_mode:
+            return load_state(self.vcpu, CpuState())
+        return self.state
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def close(self) -> None:
+        serial = getattr(self, "serial", None)
+        if serial is not None:
+            serial.flush()
+        vm = getattr(self, "vm", None)
+        if vm is not None:
+            vm.close()
+        self.kvm.close()
+
+    def __enter__(self) -> "Machine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
