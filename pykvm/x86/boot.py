@@ -1,0 +1,324 @@
+"""Boot-time CPU state and the in-memory structures a loader provides, as pure functions.
+
+Like Firecracker's ``regs.rs``/``gdt.rs`` split, nothing here touches KVM: the
+functions return bytes to place in guest RAM and a ``CpuState`` to load, so they
+are tested without /dev/kvm, and the emulator and KVM start from the very same
+state.
+
+Guest-physical layout used by every loader (all below 0x8000; a protected or
+long-mode image may not be loaded there):
+
+=================== ====================================================
+0x0000 - 0x03ff     real-mode IVT (left to the guest; never written here)
+0x0500 - 0x052f     loader GDT (``build_gdt()``), GDTR = {0x500, 0x2f}
+0x1000 - 0x1fff     PML4 (long mode only)
+0x2000 - 0x2fff     PDPT
+0x3000 - 0x6fff     page directories, one per GiB of identity map (<= 4)
+0x7000 - 0x7fff     boot information (multiboot info, memory map, cmdline)
+0x7c00              load address of real-mode images (boot sectors)
+0x80000             default stack top for protected and long mode
+0x100000            default load address of protected/long-mode images
+=================== ====================================================
+
+GDT selectors: 0x08 flat 32-bit code, 0x10 flat data (also the long-mode data
+selector: in 64-bit mode a data descriptor's base and limit are ignored), 0x18
+64-bit code, 0x20 16-bit code and 0x28 16-bit data (base 0, limit 64 KiB) for a
+guest returning to real mode. Descriptors are stored with the accessed bit set,
+so the CPU never writes to the GDT when a guest reloads a selector, and the
+hidden segment state built here equals what a ``mov`` of the selector loads.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pykvm.emulator.state import CS, DS, ES, FS, GPR_NAMES, GS, RSP, SS, CpuState, DescriptorTable, Segment
+from pykvm.errors import BadInputError
+from pykvm.x86.bits import (CR0_AM, CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_PAE,
+                            EFER_LMA, EFER_LME, EFER_SCE, FLAG_FIXED)
+
+# -- layout -----------------------------------------------------------------------------
+IVT_ADDR = 0x0
+IVT_LIMIT = 0x3FF
+GDT_ADDR = 0x500
+PML4_ADDR = 0x1000
+PDPT_ADDR = 0x2000
+PD_ADDR = 0x3000
+MAX_PAGE_DIRECTORIES = 4
+BOOT_INFO_ADDR = 0x7000
+BOOT_INFO_END = 0x8000
+REAL_MODE_LOAD_ADDR = 0x7C00
+DEFAULT_STACK = 0x80000
+DEFAULT_LOAD_ADDR = 0x100000
+RESERVED_END = 0x8000          # protected/long-mode images must start at or above this
+REAL_MODE_RESERVED_END = 0x500  # real-mode images keep clear of the IVT and BIOS data area
+
+MODES = ("real", "protected", "long")
+
+# -- selectors ---------------------------------------------------------------------------
+SEL_NULL = 0x00
+SEL_CODE32 = 0x08
+SEL_DATA32 = 0x10
+SEL_CODE64 = 0x18
+SEL_CODE16 = 0x20
+SEL_DATA16 = 0x28
+
+# -- descriptor bits ---------------------------------------------------------------------
+# access byte: P | DPL(2) | S | type(4)
+ACC_ACCESSED = 0x01
+ACC_RW = 0x02                  # readable code / writable data
+ACC_EXEC = 0x08
+ACC_S = 0x10                   # code or data (not a system descriptor)
+ACC_PRESENT = 0x80
+ACC_CODE = ACC_PRESENT | ACC_S | ACC_EXEC | ACC_RW | ACC_ACCESSED   # 0x9b
+ACC_DATA = ACC_PRESENT | ACC_S | ACC_RW | ACC_ACCESSED              # 0x93
+# flags nibble: G | D/B | L | AVL
+FLAG_AVL = 0x1
+FLAG_L = 0x2
+FLAG_DB = 0x4
+FLAG_G = 0x8
+
+# -- paging ------------------------------------------------------------------------------
+PTE_PRESENT = 0x1
+PTE_RW = 0x2
+PTE_PS = 0x80
+GIB = 1 << 30
+_2MIB = 1 << 21
+
+# -- control registers per mode ----------------------------------------------------------
+RESET_CR0 = CR0_ET | (1 << 29) | (1 << 30)          # 0x60000010: CD|NW|ET, what KVM reports
+PROTECTED_CR0 = CR0_PE | CR0_ET | CR0_NE
+LONG_CR0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG   # 0x80050033
+LONG_CR4 = CR4_PAE
+LONG_EFER = EFER_LME | EFER_LMA | EFER_SCE
+
+
+def encode_descriptor(base: int, limit: int, access: int, flags: int) -> int:
+    """Pack a legacy 8-byte segment descriptor (Intel SDM vol. 3, 3.4.5).
+
+    ``limit`` is the raw 20-bit field (in 4 KiB units when ``flags`` has G);
+    ``access`` is the byte P|DPL|S|type, ``flags`` the nibble G|D/B|L|AVL.
+    """
+    if not 0 <= base <= 0xFFFFFFFF:
+        raise ValueError(f"descriptor base {base:#x} does not fit in 32 bits")
+    if not 0 <= limit <= 0xFFFFF:
+        raise ValueError(f"descriptor limit {limit:#x} does not fit in 20 bits")
+    if not 0 <= access <= 0xFF or not 0 <= flags <= 0xF:
+        raise ValueError(f"bad descriptor access {access:#x} / flags {flags:#x}")
+    return ((limit & 0xFFFF)
+            | (base & 0xFFFFFF) << 16
+            | access << 40
+            | (limit >> 16) << 48
+            | flags << 52
+            | (base >> 24) << 56)
+
+
+def decode_descriptor(descriptor: int) -> tuple[int, int, int, int]:
+    """Inverse of ``encode_descriptor``: (base, raw 20-bit limit, access byte, flags nibble)."""
+    base = ((descriptor >> 16) & 0xFFFFFF) | ((descriptor >> 56) & 0xFF) << 24
+    limit = (descriptor & 0xFFFF) | ((descriptor >> 48) & 0xF) << 16
+    access = (descriptor >> 40) & 0xFF
+    flags = (descriptor >> 52) & 0xF
+    return base, limit, access, flags
+
+
+def gdt_entries() -> list[int]:
+    """The loader GDT, indexed by selector >> 3 (see the module docstring)."""
+    return [
+        0,                                                            # 0x00 null
+        encode_descriptor(0, 0xFFFFF, ACC_CODE, FLAG_G | FLAG_DB),    # 0x08 code32
+        encode_descriptor(0, 0xFFFFF, ACC_DATA, FLAG_G | FLAG_DB),    # 0x10 data32
+        encode_descriptor(0, 0xFFFFF, ACC_CODE, FLAG_G | FLAG_L),     # 0x18 code64
+        encode_descriptor(0, 0xFFFF, ACC_CODE, 0),                    # 0x20 code16
+        encode_descriptor(0, 0xFFFF, ACC_DATA, 0),                    # 0x28 data16
+    ]
+
+
+def build_gdt() -> bytes:
+    """The loader GDT as bytes, to be written at ``GDT_ADDR``."""
+    entries = gdt_entries()
+    return struct.pack(f"<{len(entries)}Q", *entries)
+
+
+GDT_LIMIT = len(gdt_entries()) * 8 - 1
+
+
+def segment_from_descriptor(selector: int, descriptor: int) -> Segment:
+    """The hidden segment state a CPU holds after loading ``selector`` that names ``descriptor``.
+
+    The limit is expanded to bytes when G is set, as ``kvm_segment.limit`` holds it.
+    A not-present descriptor (including the null one) gives an unusable segment.
+    """
+    base, limit, access, flags = decode_descriptor(descriptor)
+    g = (flags >> 3) & 1
+    if g:
+        limit = (limit << 12) | 0xFFF
+    present = (access >> 7) & 1
+    return Segment(selector=selector, base=base, limit=limit, type=access & 0xF, present=present,
+                   dpl=(access >> 5) & 3, db=(flags >> 2) & 1, s=(access >> 4) & 1,
+                   l=(flags >> 1) & 1, g=g, avl=flags & 1, unusable=0 if present else 1)
+
+
+def gdt_segment(selector: int) -> Segment:
+    """``segment_from_descriptor`` for a selector of the loader GDT."""
+    return segment_from_descriptor(selector, gdt_entries()[selector >> 3])
+
+
+def real_mode_segment(selector: int, code: bool = False) -> Segment:
+    """A real-mode segment: base = selector * 16, 64 KiB limit, as after reset or a real-mode load."""
+    return Segment(selector=selector, base=selector << 4, limit=0xFFFF, type=0xB if code else 0x3,
+                   present=1, dpl=0, db=0, s=1, l=0, g=0, avl=0, unusable=0)
+
+
+# -- page tables -------------------------------------------------------------------------
+def identity_page_tables(mem_size: int) -> list[tuple[int, bytes]]:
+    """4-level tables identity-mapping max(mem_size, 1 GiB), rounded up to GiB, with 2 MiB pages.
+
+    Returns whole 4 KiB pages (PML4, PDPT, one page directory per GiB) with their
+    guest-physical addresses, so whatever was in RAM there before is overwritten.
+    """
+    if mem_size <= 0:
+        raise ValueError(f"memory size must be positive, not {mem_size}")
+    gibs = max(1, -(-mem_size // GIB))
+    if gibs > MAX_PAGE_DIRECTORIES:
+        raise BadInputError(f"long-mode boot identity-maps at most {MAX_PAGE_DIRECTORIES} GiB, "
+                            f"guest RAM ends at {mem_size:#x}")
+    table = PTE_PRESENT | PTE_RW
+    pml4 = struct.pack("<Q", PDPT_ADDR | table).ljust(4096, b"\0")
+    pdpt = struct.pack(f"<{gibs}Q", *((PD_ADDR + 0x1000 * i) | table for i in range(gibs))
+                       ).ljust(4096, b"\0")
+    pieces = [(PML4_ADDR, pml4), (PDPT_ADDR, pdpt)]
+    big = PTE_PRESENT | PTE_RW | PTE_PS
+    for i in range(gibs):
+        pd = struct.pack("<512Q", *((i * GIB + j * _2MIB) | big for j in range(512)))
+        pieces.append((PD_ADDR + 0x1000 * i, pd))
+    return pieces
+
+
+# -- per-mode memory and state -----------------------------------------------------------
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise BadInputError(f"unknown boot mode {mode!r} (expected one of {', '.join(MODES)})")
+
+
+def reserved_end(mode: str) -> int:
+    """First address an image of ``mode`` may occupy (everything below is the loader's)."""
+    _check_mode(mode)
+    return REAL_MODE_RESERVED_END if mode == "real" else RESERVED_END
+
+
+def default_load_addr(mode: str) -> int:
+    _check_mode(mode)
+    return REAL_MODE_LOAD_ADDR if mode == "real" else DEFAULT_LOAD_ADDR
+
+
+def boot_memory(mode: str, ram_end: int) -> list[tuple[int, bytes]]:
+    """What must be in guest RAM before entering ``mode``: (gpa, bytes) pieces, in the reserved area.
+
+    ``ram_end`` (the first address past guest RAM) sizes the long-mode identity map.
+    Real mode needs nothing: the IVT belongs to the guest.
+    """
+    _check_mode(mode)
+    if mode == "real":
+        return []
+    pieces = [(GDT_ADDR, build_gdt())]
+    if mode == "long":
+        pieces += identity_page_tables(ram_end)
+    return pieces
+
+
+def prepare_memory(mode: str, memory) -> list[tuple[int, bytes]]:
+    """Write ``boot_memory(mode, ...)`` into ``memory`` (a ``GuestMemory``); returns the pieces.
+
+    Checks that every piece lies in RAM before writing any of them.
+    """
+    pieces = boot_memory(mode, memory.base + memory.size)
+    for gpa, data in pieces:
+        if not memory.contains(gpa, len(data)):
+            raise BadInputError(f"guest RAM [{memory.base:#x}, {memory.base + memory.size:#x}) does not "
+                                f"hold the {mode}-mode boot structures at {gpa:#x}-{gpa + len(data) - 1:#x}")
+    for gpa, data in pieces:
+        memory.write(gpa, data)
+    return pieces
+
+
+def _gpr_index(name) -> int:
+    if isinstance(name, int):
+        if 0 <= name < 16:
+            return name
+    elif name.lower() in GPR_NAMES:
+        return GPR_NAMES.index(name.lower())
+    raise BadInputError(f"unknown general-purpose register {name!r}")
+
+
+def initial_state(mode: str, entry: int, stack: int | None = None,
+                  registers: dict | None = None) -> CpuState:
+    """The vCPU state to start an image of ``mode`` at ``entry``.
+
+    * ``real``: CS:IP reaches ``entry`` (CS = 0 when entry <= 0xffff, else CS =
+      (entry >> 4) & 0xf000); SS:SP = ``stack`` (default 0x7c00, SS = 0 below 64 KiB);
+      DS = ES = FS = GS = 0; IDTR = IVT; CR0 as after reset.
+    * ``protected``: flat 32-bit segments of the loader GDT (CS 0x08, others 0x10),
+      CR0 = PE|ET|NE, paging off, ESP = ``stack`` (default 0x80000).
+    * ``long``: CS 0x18 (L=1, D=0), data 0x10, CR0 = 0x80050033, CR4 = PAE,
+      CR3 = PML4, EFER = LME|LMA|SCE, RSP = ``stack`` (default 0x80000).
+
+    ``registers`` maps GPR names (``"rax"``, ...) or numbers to initial values (e.g. the
+    multiboot EAX/EBX, a boot sector's DL); it is applied last, so it may override RSP.
+    EFLAGS is 0x2 (interrupts off) in every mode. The IDT is left empty in protected
+    and long mode: the guest installs its own before enabling interrupts.
+    """
+    _check_mode(mode)
+    state = CpuState()
+    state.rflags = FLAG_FIXED
+    if mode == "real":
+        if not 0 <= entry <= 0xFFFFF:
+            raise BadInputError(f"real-mode entry {entry:#x} is not below 1 MiB")
+        top = REAL_MODE_LOAD_ADDR if stack is None else stack
+        if not 0 < top <= 0x100000:
+            raise BadInputError(f"real-mode stack top {top:#x} is not in the first MiB")
+        cs = 0 if entry <= 0xFFFF else (entry >> 4) & 0xF000
+        ss = ((top - 1) >> 4) & 0xF000
+        state.rip = entry - (cs << 4)
+        state.gpr[RSP] = (top - (ss << 4)) & 0xFFFF
+        state.seg[CS] = real_mode_segment(cs, code=True)
+        state.seg[SS] = real_mode_segment(ss)
+        for r in (DS, ES, FS, GS):
+            state.seg[r] = real_mode_segment(0)
+        state.idt = DescriptorTable(IVT_ADDR, IVT_LIMIT)
+        state.cr0 = RESET_CR0
+    else:
+        top = DEFAULT_STACK if stack is None else stack
+        state.gdt = DescriptorTable(GDT_ADDR, GDT_LIMIT)
+        state.idt = DescriptorTable(0, 0)
+        data = gdt_segment(SEL_DATA32)
+        for r in (DS, ES, FS, GS, SS):
+            state.seg[r] = data.copy()
+        if mode == "protected":
+            if not 0 <= entry <= 0xFFFFFFFF:
+                raise BadInputError(f"protected-mode entry {entry:#x} is not below 4 GiB")
+            if not 0 <= top <= 0x100000000:
+                raise BadInputError(f"protected-mode stack top {top:#x} is not below 4 GiB")
+            state.seg[CS] = gdt_segment(SEL_CODE32)
+            state.cr0 = PROTECTED_CR0
+            state.gpr[RSP] = top & 0xFFFFFFFF
+        else:
+            if not 0 <= entry < (1 << 47) and not (0xFFFF800000000000 <= entry < (1 << 64)):
+                raise BadInputError(f"long-mode entry {entry:#x} is not a canonical address")
+            state.seg[CS] = gdt_segment(SEL_CODE64)
+            state.cr0 = LONG_CR0
+            state.cr4 = LONG_CR4
+            state.cr3 = PML4_ADDR
+            state.efer = LONG_EFER
+            state.gpr[RSP] = top & 0xFFFFFFFFFFFFFFFF
+        state.rip = entry
+    for name, value in (registers or {}).items():
+        state.gpr[_gpr_index(name)] = value & 0xFFFFFFFFFFFFFFFF
+    return state
+
+
+__all__ = [
+    "encode_descriptor", "decode_descriptor", "gdt_entries", "build_gdt", "segment_from_descriptor",
+    "gdt_segment", "real_mode_segment", "identity_page_tables", "boot_memory", "prepare_memory",
+    "initial_state", "reserved_end", "default_load_addr", "MODES",
+]
