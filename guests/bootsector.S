@@ -1,0 +1,8 @@
+/* bootsector.S - boot16to64 as a 512-byte boot sector.
+ *
+ * The same code and strings as boot16to64.S, padded to 510 bytes and followed
+ * by the 55 AA signature, for pykvm's boot-sector loader (and for any PC BIOS:
+ * the code normalises CS to 0 and needs no BIOS services).
+ */
+#define BOOTSECTOR 1
+#include "boot16to64.S"

@@ -1,0 +1,319 @@
+#!/usr/bin/env python3
+"""Build pykvm's guest images from ``guests/`` into ``guests/build/``.
+
+Every guest is a small program in GNU assembler (or freestanding C plus a tiny
+``crt0``) linked with a linker script that fixes its load address.  The build
+keeps two outputs per guest:
+
+* ``<name>.elf`` -- the linked ELF, for symbol lookup and the ELF/multiboot loaders;
+* ``<name>.bin`` -- the flat image (``objcopy -O binary``) that ``--mode real``,
+  ``--mode protected`` and ``--mode long`` load verbatim at the guest's load address.
+
+Builds are incremental: a guest is rebuilt only when an output is missing or older
+than one of its inputs (sources, the headers they include -- taken from the
+compiler's own dependency files -- and the linker script).  Outputs are written to
+temporary names and renamed into place, so concurrent builds (several pytest
+processes, the CLI) never see a half-written image.
+
+This file is deliberately self-contained (standard library plus ``pykvm.errors``)
+so that tests, benchmarks and the ``pykvm`` package can import it by path.
+
+Usage: ``python scripts/build_guests.py [--force] [--list] [names...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:
+    from pykvm.errors import BadInputError
+except ImportError:  # run as a plain script from a checkout without pykvm installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from pykvm.errors import BadInputError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GUESTS_DIR = REPO_ROOT / "guests"
+BUILD_DIR = GUESTS_DIR / "build"
+
+#: Offset of the 8-byte little-endian iteration count in ``exits64`` and ``loop32``;
+#: both images start with a short ``jmp`` over it so the host can patch it.
+COUNT_OFFSET = 8
+
+
+class GuestBuildError(BadInputError):
+    """A guest could not be built: unknown name, missing toolchain, or a failing tool.
+
+    The message carries the failing command and the tool's stderr, because that is
+    what a user needs to fix a broken guest source.
+    """
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one guest is built.
+
+    ``sources`` and ``linker_script`` are relative to the guests directory.  ``bits``
+    selects the toolchain flavour: 16 and 32 both use the i386 toolchain (16-bit
+    guests say ``.code16`` themselves), 64 uses x86-64.  ``flat`` guests also get a
+    ``.bin``; ``bootsector`` ones must come out as exactly 512 bytes ending in 55 AA.
+    """
+
+    name: str
+    sources: tuple[str, ...]
+    linker_script: str
+    bits: int
+    flat: bool = True
+    bootsector: bool = False
+    description: str = ""
+    extra_cflags: tuple[str, ...] = field(default=())
+
+    @property
+    def primary_suffix(self) -> str:
+        return ".bin" if self.flat else ".elf"
+
+
+_CRT32 = ("lib/crt0_32.S", "lib/printf.c", "lib/string.c")
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe("hello64", ("hello64.S",), "ld/flat64.ld", 64,
+               description="64-bit hello world, exits 0"),
+        Recipe("exits64", ("exits64.S",), "ld/flat64.ld", 64,
+               description="exit benchmark: N outb to port 0x80 (N at offset 8), one inb, hlt"),
+        Recipe("boot16to64", ("boot16to64.S",), "ld/real16.ld", 16,
+               description="default guest: real -> protected -> long mode, one line per mode"),
+        Recipe("bootsector", ("bootsector.S",), "ld/real16.ld", 16, bootsector=True,
+               description="boot16to64 as a 512-byte boot sector with the 55 AA signature"),
+        Recipe("selftest16", ("selftest16.S",), "ld/real16.ld", 16,
+               description="self-checking real-mode instruction suite"),
+        Recipe("selftest32", ("selftest32.S",), "ld/flat32.ld", 32,
+               description="self-checking protected-mode suite (IDT, faults, paging)"),
+        Recipe("loop32", ("loop32.S",), "ld/flat32.ld", 32,
+               description="emulator benchmark: ALU/memory/branch loop (count at offset 8), rep movsd/stosd"),
+        Recipe("cwork32", ("lib/crt0_32.S", "cwork32.c", "lib/printf.c", "lib/string.c"),
+               "ld/flat32.ld", 32,
+               description="freestanding C: CRC-32, quicksort, sieve, printf; self-checking"),
+        Recipe("assert32", ("lib/crt0_32.S", "assert32.c", "lib/printf.c", "lib/string.c"),
+               "ld/flat32.ld", 32,
+               description="freestanding C guest whose GUEST_ASSERT fails on purpose"),
+        Recipe("multiboot32", ("multiboot32.S",), "ld/multiboot32.ld", 32, flat=False,
+               description="multiboot v1 ELF kernel printing EAX magic and mem_lower/upper"),
+    )
+}
+
+_ASFLAGS = {16: ("-m32",), 32: ("-m32",), 64: ("-m64",)}
+_LD_EMULATION = {16: "elf_i386", 32: "elf_i386", 64: "elf_x86_64"}
+# Freestanding, no FPU/SSE (the emulator and PVM mode need nothing beyond integer
+# code), no library calls gcc would invent for loops (it would turn memset's own
+# loop into a call to memset).
+_CFLAGS = (
+    "-ffreestanding", "-fno-pic", "-fno-pie", "-fno-stack-protector", "-nostdlib", "-O2",
+    "-mgeneral-regs-only", "-fno-tree-loop-distribute-patterns",
+    "-fno-asynchronous-unwind-tables", "-fno-unwind-tables",
+    "-Wall", "-Wextra", "-std=gnu11",
+)
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise GuestBuildError(
+            f"cannot build guests: '{name}' is not on PATH "
+            "(install GNU binutils and gcc with 32-bit support, e.g. gcc-multilib)"
+        )
+    return path
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    """Run one toolchain command; a failure becomes a GuestBuildError with stderr."""
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    except OSError as exc:
+        raise GuestBuildError(f"cannot run {cmd[0]}: {exc}") from exc
+    if proc.returncode != 0:
+        output = (proc.stderr + proc.stdout).strip()
+        raise GuestBuildError(
+            f"guest build failed: {shlex.join(cmd)}\n{output}"
+        )
+
+
+def _parse_depfile(text: str) -> list[str]:
+    """Return the prerequisites of a make-style dependency file written by gcc -MD."""
+    text = text.replace("\\\n", " ")
+    deps: list[str] = []
+    for line in text.splitlines():
+        if ":" not in line:
+            continue
+        _, _, rest = line.partition(":")
+        # gcc escapes spaces in file names as '\ '.
+        tokens = rest.replace("\\ ", "\0").split()
+        deps.extend(t.replace("\0", " ") for t in tokens)
+    return deps
+
+
+def recipe(name: str) -> Recipe:
+    """Look up a guest's recipe, with a clear error listing the known guests."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        known = ", ".join(sorted(RECIPES))
+        raise GuestBuildError(f"unknown guest '{name}' (known guests: {known})") from None
+
+
+def outputs(name: str, out_dir: Path | None = None) -> tuple[Path, Path]:
+    """Return (primary image, ELF) paths of a guest without building it."""
+    r = recipe(name)
+    out = Path(out_dir) if out_dir is not None else BUILD_DIR
+    return out / f"{name}{r.primary_suffix}", out / f"{name}.elf"
+
+
+def _deps_file(out: Path, name: str) -> Path:
+    return out / f"{name}.deps"
+
+
+def _is_fresh(r: Recipe, src: Path, out: Path) -> bool:
+    primary, elf = outputs(r.name, out)
+    deps_path = _deps_file(out, r.name)
+    try:
+        built = min(primary.stat().st_mtime_ns, elf.stat().st_mtime_ns)
+        deps = deps_path.read_text().splitlines()
+    except OSError:
+        return False
+    if not deps:
+        return False
+    for dep in deps:
+        try:
+            if (src / dep).stat().st_mtime_ns > built:
+                return False
+        except OSError:  # a dependency disappeared: rebuild (and get the real error)
+            return False
+    return True
+
+
+def _check_bootsector(image: Path) -> None:
+    data = image.read_bytes()
+    if len(data) != 512 or data[510:] != b"\x55\xaa":
+        raise GuestBuildError(
+            f"{image.name}: a boot sector must be 512 bytes ending in 55 AA "
+            f"(got {len(data)} bytes ending in {data[-2:].hex(' ')})"
+        )
+
+
+def build(name: str, *, src_dir: Path | None = None, out_dir: Path | None = None,
+          force: bool = False) -> Path:
+    """Build guest ``name`` if needed and return its primary output.
+
+    The primary output is the flat image ``<name>.bin`` for flat guests and the ELF
+    for ELF-only guests (multiboot); the ELF is always kept beside it.  ``src_dir``
+    and ``out_dir`` default to the repository's ``guests/`` and ``guests/build/``
+    (tests point them elsewhere).  Raises GuestBuildError on any failure.
+    """
+    r = recipe(name)
+    src = Path(src_dir) if src_dir is not None else GUESTS_DIR
+    out = Path(out_dir) if out_dir is not None else BUILD_DIR
+    primary, elf = outputs(name, out)
+    if not force and _is_fresh(r, src, out):
+        return primary
+
+    for source in r.sources + (r.linker_script,):
+        if not (src / source).is_file():
+            raise GuestBuildError(f"guest '{name}': missing input {src / source}")
+    gcc, ld, objcopy = _tool("gcc"), _tool("ld"), _tool("objcopy")
+    out.mkdir(parents=True, exist_ok=True)
+
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=out) as tmp_name:
+        tmp = Path(tmp_name)
+        objects: list[str] = []
+        deps: list[str] = [r.linker_script]
+        for i, source in enumerate(r.sources):
+            obj = tmp / f"{i}-{Path(source).stem}.o"
+            depfile = tmp / f"{i}.d"
+            # Run from the guests directory with relative paths so that __FILE__
+            # (GUEST_ASSERT messages) and debug info carry no host paths.
+            cmd = [gcc, *_ASFLAGS[r.bits], "-Iinclude", "-MD", "-MF", str(depfile)]
+            if source.endswith(".c"):
+                cmd += [*_CFLAGS]
+            cmd += [*r.extra_cflags, "-c", source, "-o", str(obj)]
+            _run(cmd, src)
+            objects.append(str(obj))
+            for dep in _parse_depfile(depfile.read_text()):
+                if dep not in deps:
+                    deps.append(dep)
+
+        tmp_elf = tmp / "image.elf"
+        _run([ld, "-m", _LD_EMULATION[r.bits], "-T", r.linker_script, "-nostdlib",
+              "--build-id=none", "-z", "noexecstack", "--no-warn-rwx-segments",
+              "-o", str(tmp_elf), *objects], src)
+        tmp_bin = tmp / "image.bin"
+        if r.flat:
+            _run([objcopy, "-O", "binary", str(tmp_elf), str(tmp_bin)], src)
+            if tmp_bin.stat().st_size == 0:
+                raise GuestBuildError(f"guest '{name}': flat image is empty")
+            if r.bootsector:
+                _check_bootsector(tmp_bin)
+
+        # ELF first, primary last: freshness needs both, so a reader racing us
+        # sees either the old pair or the new one as stale and rebuilds.
+        deps_tmp = tmp / "deps"
+        deps_tmp.write_text("\n".join(deps) + "\n")
+        os.replace(tmp_elf, elf)
+        if r.flat:
+            os.replace(tmp_bin, primary)
+        os.replace(deps_tmp, _deps_file(out, name))
+    return primary
+
+
+def build_all(*, src_dir: Path | None = None, out_dir: Path | None = None,
+              force: bool = False) -> dict[str, Path]:
+    """Build every known guest; return name -> primary output."""
+    return {name: build(name, src_dir=src_dir, out_dir=out_dir, force=force)
+            for name in RECIPES}
+
+
+def with_count(image: bytes, count: int) -> bytes:
+    """Return a copy of a counted image (exits64, loop32) with its count patched.
+
+    The count is the 8-byte little-endian value at COUNT_OFFSET.
+    """
+    if not 0 <= count < 1 << 64:
+        raise BadInputError(f"count {count} does not fit in 64 bits")
+    patched = bytearray(image)
+    patched[COUNT_OFFSET:COUNT_OFFSET + 8] = count.to_bytes(8, "little")
+    return bytes(patched)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build pykvm guest images into guests/build/.")
+    parser.add_argument("names", nargs="*", help="guests to build (default: all)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    parser.add_argument("--list", action="store_true", help="list the guests and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for r in RECIPES.values():
+            print(f"{r.name:12} {r.description}")
+        return 0
+    try:
+        for name in args.names or list(RECIPES):
+            path = build(name, force=args.force)
+            try:
+                shown = path.relative_to(Path.cwd())
+            except ValueError:
+                shown = path
+            print(shown)
+    except BadInputError as exc:
+        print(f"build_guests: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
