@@ -1,0 +1,97 @@
+"""Builders for tiny test images: hand-packed ELF32/ELF64 and multiboot kernels, and as/ld builds."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from dataclasses import dataclass
+
+import pytest
+
+from pykvm.memory import GuestMemory
+
+MB_MAGIC = 0x1BADB002
+
+
+@dataclass
+class Seg:
+    paddr: int
+    data: bytes
+    memsz: int | None = None
+    vaddr: int | None = None
+    p_type: int = 1
+
+
+def elf(bits: int, segs: list[Seg], entry: int, *, e_type: int = 2, machine: int | None = None,
+        ei_class: int | None = None, ei_data: int = 1, prefix: bytes = b"") -> bytes:
+    """An ELF executable with one program header per ``Seg``; data follows the headers.
+
+    ``prefix`` is placed right after the program headers (before segment data), e.g. a multiboot header.
+    """
+    is32 = bits == 32
+    ehsize, phsize = (52, 32) if is32 else (64, 56)
+    machine = (3 if is32 else 62) if machine is None else machine
+    ei_class = (1 if is32 else 2) if ei_class is None else ei_class
+    phoff = ehsize
+    data_off = phoff + phsize * len(segs) + len(prefix)
+    body = bytearray()
+    phdrs = b""
+    for s in segs:
+        off = data_off + len(body)
+        body += s.data
+        memsz = len(s.data) if s.memsz is None else s.memsz
+        vaddr = s.paddr if s.vaddr is None else s.vaddr
+        if is32:
+            phdrs += struct.pack("<IIIIIIII", s.p_type, off, vaddr, s.paddr, len(s.data), memsz, 5, 0x1000)
+        else:
+            phdrs += struct.pack("<IIQQQQQQ", s.p_type, 5, off, vaddr, s.paddr, len(s.data), memsz, 0x1000)
+    ident = b"\x7fELF" + bytes([ei_class, ei_data, 1]) + bytes(9)
+    if is32:
+        hdr = struct.pack("<16sHHIIIIIHHHHHH", ident, e_type, machine, 1, entry, phoff, 0, 0, ehsize,
+                          phsize, len(segs), 0, 0, 0)
+    else:
+        hdr = struct.pack("<16sHHIQQQIHHHHHH", ident, e_type, machine, 1, entry, phoff, 0, 0, ehsize,
+                          phsize, len(segs), 0, 0, 0)
+    return hdr + phdrs + prefix + bytes(body)
+
+
+def mb_header(flags: int, aout: tuple[int, int, int, int, int] | None = None, checksum: int | None = None) -> bytes:
+    if checksum is None:
+        checksum = -(MB_MAGIC + flags) & 0xFFFFFFFF
+    h = struct.pack("<III", MB_MAGIC, flags, checksum)
+    if aout is not None:
+        h += struct.pack("<5I", *aout)
+    return h
+
+
+def aout_kernel(load_addr: int = 0x100000, code: bytes = b"\xf4" * 16, bss: int = 0x100,
+                header_at: int = 0, entry_offset: int = 32) -> bytes:
+    """A kludge kernel whose file is loaded as a whole at ``load_addr`` with ``bss`` bytes of bss."""
+    pad = bytes(header_at)
+    size = header_at + 32 + len(code)
+    fields = (load_addr + header_at, load_addr, load_addr + size, load_addr + size + bss,
+              load_addr + header_at + entry_offset)
+    return pad + mb_header(0x10003, fields) + code
+
+
+def snapshot(mem: GuestMemory) -> bytes:
+    return bytes(mem.view)
+
+
+# -- real toolchain builds -----------------------------------------------------------------
+needs_binutils = pytest.mark.skipif(not (shutil.which("as") and shutil.which("ld")),
+                                    reason="GNU as/ld not installed")
+
+
+def assemble(tmp_path, source: str, bits: int, ld_args: list[str]) -> bytes:
+    """Assemble ``source`` (AT&T syntax) with GNU as and link it with ld; returns the ELF bytes."""
+    src = tmp_path / "t.S"
+    obj = tmp_path / "t.o"
+    out = tmp_path / "t.elf"
+    src.write_text(source)
+    as_flag, emul = ("--32", "elf_i386") if bits == 32 else ("--64", "elf_x86_64")
+    subprocess.run(["as", as_flag, "-o", str(obj), str(src)], check=True, capture_output=True)
+    subprocess.run(["ld", "-m", emul, "-N", "--build-id=none", *ld_args, "-o", str(out), str(obj)],
+                   check=True, capture_output=True)
+    return out.read_bytes()
