@@ -8,7 +8,7 @@ from pykvm.loaders import bootsector, load
 from pykvm.memory import GuestMemory
 from pykvm.x86 import boot
 
-from loader_images import snapshot
+from tests.loaders.loader_images import snapshot
 
 MIB = 1 << 20
 
