@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,6 +23,7 @@ def build_script():
                             "the built-in guests need a pykvm source checkout")
     spec = importlib.util.spec_from_file_location("pykvm_build_guests", BUILD_SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 

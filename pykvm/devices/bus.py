@@ -30,13 +30,22 @@ class BusConflictError(PykvmError):
 
 
 class _AddressSpace:
-    """Sorted, non-overlapping ranges → device; lookups cache the last hit (guests hammer one port)."""
+    """Sorted, non-overlapping ranges → device, with a per-address lookup cache.
+
+    Guests hammer a handful of addresses (the UART's data and status ports, port 0x80
+    for delays), so every lookup after the first is one dict probe — misses included.
+    """
+
+    _CACHE_LIMIT = 4096
 
     def __init__(self, name: str):
         self.name = name
+        # Decided once: a log.debug() call per access to an unclaimed port (guests poke port
+        # 0x80 for delays) would cost more than the access itself.
+        self.trace_unclaimed = log.isEnabledFor(logging.DEBUG)
         self._starts: list[int] = []
         self._entries: list[tuple[int, int, Device]] = []
-        self._last: tuple[int, int, Device] | None = None
+        self._cache: dict[int, tuple[int, int, Device] | None] = {}
 
     def register(self, start: int, length: int, device: Device) -> None:
         end = start + length
@@ -46,30 +55,34 @@ class _AddressSpace:
         i = bisect.bisect(self._starts, start)
         self._starts.insert(i, start)
         self._entries.insert(i, (start, end, device))
+        self._cache.clear()
 
     def find(self, addr: int):
-        last = self._last
-        if last is not None and last[0] <= addr < last[1]:
-            return last
+        try:
+            return self._cache[addr]
+        except KeyError:
+            pass
+        entry = None
         i = bisect.bisect(self._starts, addr) - 1
-        if i >= 0:
+        if i >= 0 and addr < self._entries[i][1]:
             entry = self._entries[i]
-            if addr < entry[1]:
-                self._last = entry
-                return entry
-        return None
+        if len(self._cache) < self._CACHE_LIMIT:
+            self._cache[addr] = entry
+        return entry
 
     def read(self, addr: int, size: int) -> int:
         entry = self.find(addr)
         if entry is None:
-            log.debug("%s read from unclaimed %#x (size %d)", self.name, addr, size)
+            if self.trace_unclaimed:
+                log.debug("%s read from unclaimed %#x (size %d)", self.name, addr, size)
             return _ONES[size]
         return entry[2].read(addr - entry[0], size)
 
     def write(self, addr: int, size: int, value: int) -> None:
         entry = self.find(addr)
         if entry is None:
-            log.debug("%s write %#x to unclaimed %#x (size %d)", self.name, value, addr, size)
+            if self.trace_unclaimed:
+                log.debug("%s write %#x to unclaimed %#x (size %d)", self.name, value, addr, size)
             return
         entry[2].write(addr - entry[0], size, value)
 

@@ -26,4 +26,4 @@ def ioctl(fd: int, request: int, arg, name: str) -> int:
 
 def ioctl_int(fd: int, request: int, value: int, name: str) -> int:
     """An ioctl whose argument is a plain integer (KVM_CHECK_EXTENSION, KVM_CREATE_VCPU, ...)."""
-    return ioctl(fd, request, ffi.cast("unsigned long", value), name)
+    return ioctl(fd, request, ffi.cast("void *", value), name)

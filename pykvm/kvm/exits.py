@@ -63,6 +63,11 @@ class Exit:
         return f"<{type(self).__name__} {self.describe()}>"
 
 
+# kvm_run.io as one little-endian record: direction, size, port, count, data_offset.
+IO_HEADER = struct.Struct("<BBHIQ")
+IO_HEADER_OFFSET = 32  # offsetof(struct kvm_run, io); checked against cffi in the tests
+
+
 class IoExit(Exit):
     """Port I/O (``KVM_EXIT_IO``): ``is_out``, ``port``, ``size`` (1/2/4), ``count`` (>1 for REP INS/OUTS)."""
 

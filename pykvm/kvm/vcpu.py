@@ -15,10 +15,12 @@ import os
 from pykvm.errors import KvmIoctlError
 from pykvm.kvm import ioctls as K
 from pykvm.kvm._ffi import ffi, libc
+
 from pykvm.kvm._syscall import NULL, ioctl
-from pykvm.kvm.exits import Exit, make_exit_table
+from pykvm.kvm.exits import Exit, ExitReason, make_exit_table
 
 _MAX_MSRS = 64
+_ioctl = libc.ioctl
 
 
 class Vcpu:
@@ -37,23 +39,26 @@ class Vcpu:
         self._mp_state = ffi.new("struct kvm_mp_state *")
         self._debug = ffi.new("struct kvm_guest_debug *")
         self._events = ffi.new("struct kvm_vcpu_events *")
-        self._run_request = K.KVM_RUN
-        self.exit_count = 0
 
     # -- running --------------------------------------------------------------------------
     def run(self) -> Exit:
         """KVM_RUN until the next exit; return its typed record (an ``IntrExit`` on EINTR)."""
-        self.exit_count += 1
-        if libc.ioctl(self.fd, self._run_request, NULL) < 0:
+        return self.exit_record(self.run_raw())
+
+    def run_raw(self) -> int:
+        """KVM_RUN, returning the raw exit reason: the run loop's hot path, no record lookup."""
+        if _ioctl(self.fd, K.KVM_RUN, NULL) < 0:
             err = ffi.errno
-            if err == errno.EINTR or err == errno.EAGAIN:
-                self.kvm_run.exit_reason = 10  # KVM_EXIT_INTR: the caller sees an interrupted run
-            else:
+            if err != errno.EINTR and err != errno.EAGAIN:
                 raise KvmIoctlError("KVM_RUN", err, os.strerror(err))
-        reason = self.kvm_run.exit_reason
-        if reason < 64:
-            return self._exits[reason]
-        return self._unsupported
+            self.kvm_run.exit_reason = ExitReason.INTR  # interrupted: report it as KVM itself would
+        return self.kvm_run.exit_reason
+
+    def exit_record(self, reason: int | None = None) -> Exit:
+        """The typed record of the last exit (valid until the next run)."""
+        if reason is None:
+            reason = self.kvm_run.exit_reason
+        return self._exits[reason] if reason < len(self._exits) else self._unsupported
 
     @property
     def immediate_exit(self) -> bool:

@@ -1,0 +1,310 @@
+"""Guest memory as instructions see it: segmentation, paging, a TLB, RAM fast path, MMIO.
+
+Every data access of an emulated instruction goes through one of the closures built here
+(``rd1/rd2/rd4/wr1/wr2/wr4``, taking a segment number and an offset). The fast path is
+a limit check against precomputed per-segment bounds, one dict lookup in a per-page TLB
+(linear page -> offset of the page in the RAM mmap) and one ``struct`` access: no object
+is allocated. Everything else (limit/type faults, TLB misses, page walks, accesses that
+cross a page, MMIO, writes to pages holding translated code) takes the slow path.
+
+The TLBs only ever hold RAM pages; the write TLB never holds a page that has translated
+code on it, so a store into code always reaches the slow path, which tells the emulator
+to drop the stale blocks (self-modifying code stays correct).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pykvm.emulator.faults import CpuFault
+from pykvm.emulator.state import SS
+from pykvm.x86 import paging
+from pykvm.x86.bits import CR0_PE, CR0_PG, EXC_GP, EXC_PF, EXC_SS
+
+_S16 = struct.Struct("<H")
+_S32 = struct.Struct("<I")
+_S64 = struct.Struct("<Q")
+
+
+class PhysAccessor:
+    """Physical reads/writes for page walks and descriptor tables: RAM, else the MMIO bus."""
+
+    def __init__(self, memory, bus):
+        self.view = memory.view
+        self.base = memory.base
+        self.end = memory.base + memory.size
+        self.bus = bus
+
+    def read(self, gpa: int, size: int) -> int:
+        if self.base <= gpa and gpa + size <= self.end:
+            return int.from_bytes(self.view[gpa - self.base:gpa - self.base + size], "little")
+        return self.bus.mmio_read(gpa, size)
+
+    def write(self, gpa: int, size: int, value: int) -> None:
+        if self.base <= gpa and gpa + size <= self.end:
+            self.view[gpa - self.base:gpa - self.base + size] = value.to_bytes(size, "little")
+        else:
+            self.bus.mmio_write(gpa, size, value)
+
+    def read_u32(self, gpa):
+        return self.read(gpa, 4)
+
+    def read_u64(self, gpa):
+        return self.read(gpa, 8)
+
+    def write_u32(self, gpa, value):
+        self.write(gpa, 4, value)
+
+    def write_u64(self, gpa, value):
+        self.write(gpa, 8, value)
+
+
+class Mmu:
+    """Segment bounds, TLBs and the data-access closures of one emulator.
+
+    ``sbase/slo/rhi/whi`` are indexed by segment register (ES..GS): linear base, lowest
+    valid offset, highest readable / writable offset (-1 when reads / writes through the
+    segment must fault). The emulator refreshes them on every segment load.
+    """
+
+    def __init__(self, state, memory, bus, on_code_write):
+        self.state = state
+        self.memory = memory
+        self.bus = bus
+        self.phys = PhysAccessor(memory, bus)
+        self.on_code_write = on_code_write
+        self.sbase = [0] * 6
+        self.slo = [0] * 6
+        self.rhi = [0xFFFF] * 6
+        self.whi = [0xFFFF] * 6
+        self.rtlb: dict[int, int] = {}
+        self.wtlb: dict[int, int] = {}
+        self.code_pages: dict[int, set] = {}   # physical page number -> keys of blocks translated from it
+        self.paging = False
+        self.user = False
+        self._build()
+
+    # -- TLB management ----------------------------------------------------------------------
+    def flush_tlb(self) -> None:
+        self.rtlb.clear()
+        self.wtlb.clear()
+
+    def configure(self) -> None:
+        """Re-read CR0/CPL after a mode change; flushes the TLBs."""
+        st = self.state
+        self.paging = bool(st.cr0 & CR0_PG and st.cr0 & CR0_PE)
+        self.user = st.cpl == 3
+        self.flush_tlb()
+
+    # -- translation -------------------------------------------------------------------------
+    def translate(self, lin: int, access: int) -> int:
+        """Linear -> physical for ``access`` (paging.PF_* bits); raises #PF."""
+        if not self.paging:
+            return lin
+        st = self.state
+        try:
+            return paging.walk(self.phys, st.cr0, st.cr3, st.cr4, st.efer, lin, access).phys
+        except paging.PageFault as e:
+            raise CpuFault(EXC_PF, e.error_code, cr2=e.linear) from None
+
+    def fetch_page(self, lin: int) -> int:
+        """Physical address of a code byte (fetch permissions checked)."""
+        return self.translate(lin, paging.PF_FETCH | (paging.PF_USER if self.user else 0))
+
+    def seg_fault(self, s: int, off: int, size: int, write: bool) -> CpuFault:
+        return CpuFault(EXC_SS if s == SS else EXC_GP, 0)
+
+    def check_seg(self, s: int, off: int, size: int, write: bool) -> int:
+        """Full segment check for an access; returns the linear address or raises #GP/#SS."""
+        hi = self.whi[s] if write else self.rhi[s]
+        if off < self.slo[s] or off + size - 1 > hi:
+            raise self.seg_fault(s, off, size, write)
+        return (self.sbase[s] + off) & 0xFFFFFFFF
+
+    def _build(self) -> None:
+        """Create the hot closures; everything they touch is bound to a local once."""
+        view = self.memory.view
+        ram_base = self.memory.base
+        ram_end = self.memory.base + self.memory.size
+        bus = self.bus
+        sbase, slo, rhi, whi = self.sbase, self.slo, self.rhi, self.whi
+        rget = self.rtlb.get
+        wget = self.wtlb.get
+        rtlb, wtlb = self.rtlb, self.wtlb
+        code_pages = self.code_pages
+        u16, u32 = _S16.unpack_from, _S32.unpack_from
+        p16, p32 = _S16.pack_into, _S32.pack_into
+        translate = self.translate
+        mmu = self
+        PF_WRITE, PF_USER = paging.PF_WRITE, paging.PF_USER
+
+        def lin_read(lin, size, system=False):
+            """Read ``size`` bytes at a linear address (a page walk if needed)."""
+            o = lin & 0xFFF
+            user = mmu.user and not system
+            acc = PF_USER if user else 0
+            if o + size > 0x1000:
+                # Crossing a page: translate both pages first, so a fault leaves nothing half-read.
+                first = 0x1000 - o
+                pa = translate(lin, acc)
+                pb = translate((lin + first) & 0xFFFFFFFF, acc)
+                return _phys_read(pa, first) | _phys_read(pb, size - first) << (8 * first)
+            pa = translate(lin, acc)
+            if ram_base <= pa < ram_end:
+                off = pa - ram_base
+                if not system or not mmu.user:
+                    rtlb[lin >> 12] = off - o
+                return int.from_bytes(view[off:off + size], "little")
+            return bus.mmio_read(pa, size)
+
+        def lin_write(lin, size, value, system=False):
+            o = lin & 0xFFF
+            user = mmu.user and not system
+            acc = PF_WRITE | (PF_USER if user else 0)
+            if o + size > 0x1000:
+                first = 0x1000 - o
+                pa = translate(lin, acc)
+                pb = translate((lin + first) & 0xFFFFFFFF, acc)
+                _phys_write(pa, first, value & ((1 << 8 * first) - 1))
+                _phys_write(pb, size - first, value >> (8 * first))
+                return
+            pa = translate(lin, acc)
+            if ram_base <= pa < ram_end:
+                off = pa - ram_base
+                page = pa >> 12
+                if page in code_pages:
+                    mmu.on_code_write(page)
+                view[off:off + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+                if page not in code_pages and (not system or not mmu.user):
+                    wtlb[lin >> 12] = off - o
+                return
+            bus.mmio_write(pa, size, value)
+
+        def _phys_read(pa, size):
+            if ram_base <= pa and pa + size <= ram_end:
+                return int.from_bytes(view[pa - ram_base:pa - ram_base + size], "little")
+            return bus.mmio_read(pa, size) if size in (1, 2, 4, 8) else \
+                sum(bus.mmio_read(pa + i, 1) << 8 * i for i in range(size))
+
+        def _phys_write(pa, size, value):
+            if ram_base <= pa and pa + size <= ram_end:
+                page = pa >> 12
+                if page in code_pages:
+                    mmu.on_code_write(page)
+                view[pa - ram_base:pa - ram_base + size] = value.to_bytes(size, "little")
+            elif size in (1, 2, 4, 8):
+                bus.mmio_write(pa, size, value)
+            else:
+                for i in range(size):
+                    bus.mmio_write(pa + i, 1, (value >> 8 * i) & 0xFF)
+
+        def rd_slow(s, off, size):
+            hi = rhi[s]
+            if off < slo[s] or off + size - 1 > hi:
+                raise mmu.seg_fault(s, off, size, False)
+            return lin_read((sbase[s] + off) & 0xFFFFFFFF, size)
+
+        def wr_slow(s, off, size, value):
+            if off < slo[s] or off + size - 1 > whi[s]:
+                raise mmu.seg_fault(s, off, size, True)
+            lin_write((sbase[s] + off) & 0xFFFFFFFF, size, value)
+
+        def rd1(s, off):
+            if slo[s] <= off <= rhi[s]:
+                lin = sbase[s] + off
+                p = rget(lin >> 12)
+                if p is not None:
+                    return view[p + (lin & 0xFFF)]
+            return rd_slow(s, off, 1)
+
+        def rd2(s, off):
+            if slo[s] <= off < rhi[s]:
+                lin = sbase[s] + off
+                p = rget(lin >> 12)
+                if p is not None:
+                    o = lin & 0xFFF
+                    if o != 0xFFF:
+                        return u16(view, p + o)[0]
+            return rd_slow(s, off, 2)
+
+        def rd4(s, off):
+            if slo[s] <= off and off + 3 <= rhi[s]:
+                lin = sbase[s] + off
+                p = rget(lin >> 12)
+                if p is not None:
+                    o = lin & 0xFFF
+                    if o <= 0xFFC:
+                        return u32(view, p + o)[0]
+            return rd_slow(s, off, 4)
+
+        def wr1(s, off, v):
+            if slo[s] <= off <= whi[s]:
+                lin = sbase[s] + off
+                p = wget(lin >> 12)
+                if p is not None:
+                    view[p + (lin & 0xFFF)] = v
+                    return
+            wr_slow(s, off, 1, v)
+
+        def wr2(s, off, v):
+            if slo[s] <= off < whi[s]:
+                lin = sbase[s] + off
+                p = wget(lin >> 12)
+                if p is not None:
+                    o = lin & 0xFFF
+                    if o != 0xFFF:
+                        p16(view, p + o, v)
+                        return
+            wr_slow(s, off, 2, v)
+
+        def wr4(s, off, v):
+            if slo[s] <= off and off + 3 <= whi[s]:
+                lin = sbase[s] + off
+                p = wget(lin >> 12)
+                if p is not None:
+                    o = lin & 0xFFF
+                    if o <= 0xFFC:
+                        p32(view, p + o, v)
+                        return
+            wr_slow(s, off, 4, v)
+
+        def rdn(s, off, size):
+            if size == 4:
+                return rd4(s, off)
+            if size == 2:
+                return rd2(s, off)
+            if size == 1:
+                return rd1(s, off)
+            return rd_slow(s, off, size)
+
+        def wrn(s, off, size, v):
+            if size == 4:
+                wr4(s, off, v)
+            elif size == 2:
+                wr2(s, off, v)
+            elif size == 1:
+                wr1(s, off, v)
+            else:
+                wr_slow(s, off, size, v)
+
+        def check_write(s, off, size):
+            """Probe that a later write of ``size`` bytes cannot fault (for multi-write instructions)."""
+            if off < slo[s] or off + size - 1 > whi[s]:
+                raise mmu.seg_fault(s, off, size, True)
+            lin = (sbase[s] + off) & 0xFFFFFFFF
+            if mmu.paging:
+                acc = PF_WRITE | (PF_USER if mmu.user else 0)
+                translate(lin, acc)
+                if (lin & 0xFFF) + size > 0x1000:
+                    translate((lin + size - 1) & 0xFFFFFFFF, acc)
+
+        self.lin_read = lin_read
+        self.lin_write = lin_write
+        self.rd_slow = rd_slow
+        self.wr_slow = wr_slow
+        self.rd1, self.rd2, self.rd4 = rd1, rd2, rd4
+        self.wr1, self.wr2, self.wr4 = wr1, wr2, wr4
+        self.rdn, self.wrn = rdn, wrn
+        self.check_write = check_write
+        self.phys_read = _phys_read
+        self.phys_write = _phys_write
