@@ -13,7 +13,7 @@ import sys
 import click
 
 from pykvm import pvm
-from pykvm.errors import BadInputError, PykvmError
+from pykvm.errors import INTERNAL_BUG_EXIT, BadInputError, InterruptedByUser, PykvmError
 
 MEMORY_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 FORMATS = ("auto", "flat", "bootsector", "elf", "multiboot")
@@ -51,6 +51,20 @@ def _fail(error: PykvmError) -> None:
     sys.exit(error.exit_code)
 
 
+def _guarded(body):
+    """Run a command body so that anything going wrong ends in one line and a documented status."""
+    try:
+        return body()
+    except PykvmError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        _fail(InterruptedByUser("interrupted by Ctrl-C"))
+    except Exception as e:  # a bug in pykvm: still one line; -vv shows the traceback
+        logging.getLogger("pykvm").debug("internal error", exc_info=True)
+        click.echo(f"pykvm: internal error: {type(e).__name__}: {e} (rerun with -vv for the traceback)", err=True)
+        sys.exit(INTERNAL_BUG_EXIT)
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="pykvm: %(message)s", stream=sys.stderr, force=True)
@@ -68,7 +82,7 @@ def info(device: str) -> None:
     """Check that this host can run guests and show what KVM offers."""
     from pykvm.kvm import Kvm
 
-    try:
+    def body() -> None:
         with Kvm(device) as kvm:
             click.echo(f"{device}: usable, KVM API version {kvm.api_version}")
             click.echo(f"backend: {'PVM (kvm_pvm loaded)' if kvm.is_pvm_host() else 'not PVM (kvm_pvm not loaded)'}")
@@ -77,8 +91,8 @@ def info(device: str) -> None:
             click.echo("capabilities:")
             for name, value in kvm.capabilities().items():
                 click.echo(f"  {name:<20} {value}")
-    except PykvmError as e:
-        _fail(e)
+
+    _guarded(body)
 
 
 def _image_options(f):
@@ -145,22 +159,21 @@ def run(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emulator, emul
     guest source in guests/ (built first).
     """
     _setup_logging(verbose)
-    serial_out = None
-    close_serial = False
-    try:
+
+    def body() -> int:
         serial_out, close_serial = _open_serial(serial)
-        with _machine_for(image, fmt, mode, load_addr, entry, mem, cmdline, serial_out, emulator,
-                          emul_batch) as machine:
-            try:
-                status = machine.run(timeout=timeout)
-            finally:
-                if stats:
-                    s = machine.stats
-                    click.echo(f"pykvm: {s.emulated_instructions} instructions emulated, {s.kvm_exits} KVM exits, "
-                               f"{s.conversions} conversions to PVM mode, {s.seconds:.3f}s", err=True)
-    except PykvmError as e:
-        _fail(e)
-    finally:
-        if close_serial:
-            serial_out.close()
-    sys.exit(status)
+        try:
+            with _machine_for(image, fmt, mode, load_addr, entry, mem, cmdline, serial_out, emulator,
+                              emul_batch) as machine:
+                try:
+                    return machine.run(timeout=timeout)
+                finally:
+                    if stats:
+                        s = machine.stats
+                        click.echo(f"pykvm: {s.emulated_instructions} instructions emulated, {s.kvm_exits} KVM "
+                                   f"exits, {s.conversions} conversions to PVM mode, {s.seconds:.3f}s", err=True)
+        finally:
+            if close_serial:
+                serial_out.close()
+
+    sys.exit(_guarded(body))
