@@ -202,6 +202,8 @@ class Serial16550:
     # -- bus interface --------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
         """Port read; wider accesses read consecutive registers, as the ISA bus splits them."""
+        if size == 1:
+            return self._read_reg(offset) if offset < 8 else 0xFF
         value = 0
         for i in range(size):
             reg = offset + i
@@ -210,6 +212,10 @@ class Serial16550:
         return value
 
     def write(self, offset: int, size: int, value: int) -> None:
+        if size == 1:
+            if offset < 8:
+                self._write_reg(offset, value & 0xFF)
+            return
         for i in range(size):
             reg = offset + i
             if reg < 8:
