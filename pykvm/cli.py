@@ -29,8 +29,8 @@ def parse_size(text: str) -> int:
         value = int(number, 0) * MEMORY_UNITS[unit]
     except ValueError:
         raise BadInputError(f"--mem {text!r}: expected a size like 64M, 512K or 1G") from None
-    if value < (1 << 20) or value > (64 << 30) or value % 4096:
-        raise BadInputError(f"--mem {text}: must be a multiple of 4 KiB between 1 MiB and 64 GiB")
+    if value < (64 << 10) or value > (64 << 30) or value % 4096:
+        raise BadInputError(f"--mem {text}: must be a multiple of 4 KiB between 64 KiB and 64 GiB")
     return value
 
 
@@ -131,6 +131,7 @@ def _machine_for(image, fmt, mode, load_addr, entry, mem, cmdline, serial_out, e
     from pykvm.guests import resolve_image
     from pykvm.machine import Machine
 
+    memory_size = parse_size(mem)
     path = resolve_image(image)
     if image is None and mode is None:
         mode = "real"
@@ -138,7 +139,7 @@ def _machine_for(image, fmt, mode, load_addr, entry, mem, cmdline, serial_out, e
         data = path.read_bytes()
     except OSError as e:
         raise BadInputError(f"{path}: {e.strerror}") from None
-    machine = Machine(parse_size(mem), serial_output=serial_out, emulator=emulator, emul_batch=emul_batch)
+    machine = Machine(memory_size, serial_output=serial_out, emulator=emulator, emul_batch=emul_batch)
     try:
         machine.load(data, fmt, mode=mode, load_addr=load_addr, entry=entry, cmdline=cmdline)
     except BaseException:

@@ -1,0 +1,142 @@
+"""The pykvm command: exit statuses through click's runner and as a real process (incl. Ctrl-C)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from pykvm.cli import main, parse_size
+from pykvm.errors import BadInputError
+from pykvm.guests import build_guest
+from tests.asm import assemble
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.mark.parametrize("text,value", [("64M", 64 << 20), ("512K", 512 << 10), ("1G", 1 << 30),
+                                        ("2MiB", 2 << 20), ("0x200000", 0x200000)])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["abc", "1K", "3", "100G", "65537"])
+def test_parse_size_rejects(text):
+    with pytest.raises(BadInputError):
+        parse_size(text)
+
+
+@pytest.fixture
+def spin_image(tmp_path):
+    path = tmp_path / "spin.bin"
+    path.write_bytes(assemble("spin: jmp spin"))
+    return path
+
+
+@pytest.mark.kvm
+def test_info_reports_a_usable_host():
+    result = invoke("info")
+    assert result.exit_code == 0
+    assert "API version 12" in result.output and "SET_GUEST_DEBUG" in result.output
+
+
+def test_info_without_the_device_fails_with_status_4(tmp_path):
+    result = invoke("info", "--device", str(tmp_path / "kvm"))
+    assert result.exit_code == 4
+    assert "does not exist" in result.output
+
+
+@pytest.mark.kvm
+def test_run_hello64():
+    result = invoke("run", "--mode", "long", str(build_guest("hello64")))
+    assert "Hello from a 64-bit pykvm guest!" in result.output
+    assert result.exit_code == 1
+
+
+@pytest.mark.kvm
+def test_run_builds_a_guest_source_first():
+    result = invoke("run", "--mode", "long", "guests/hello64.S")
+    assert result.exit_code == 1 and "Hello" in result.output
+
+
+@pytest.mark.parametrize("args,status,message", [
+    (["run", "/nonexistent/image"], 2, "no such file"),
+    (["run", "--mem", "12", "x"], 2, "--mem"),
+    (["run", "--mode", "sideways"], 2, "sideways"),
+    (["run", "--load-addr", "zz"], 2, "not an address"),
+])
+def test_bad_input_is_status_2_with_one_line(args, status, message):
+    result = invoke(*args)
+    assert result.exit_code == status
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_image_too_big_for_ram_is_bad_input(tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\x90" * (3 << 20))
+    result = invoke("run", "--mem", "2M", "--mode", "long", str(big))
+    assert result.exit_code == 2, result.output
+
+
+@pytest.mark.kvm
+def test_timeout_is_status_10(spin_image):
+    result = invoke("run", "--mode", "long", "--timeout", "0.2", str(spin_image))
+    assert result.exit_code == 10
+    assert "timeout" in result.output
+
+
+@pytest.mark.kvm
+def test_triple_fault_is_status_6(tmp_path):
+    path = tmp_path / "ud2.bin"
+    path.write_bytes(assemble("ud2"))
+    result = invoke("run", "--mode", "long", str(path))
+    assert result.exit_code == 6 and "triple fault" in result.output
+
+
+@pytest.mark.kvm
+def test_serial_to_a_file(tmp_path):
+    out = tmp_path / "serial.txt"
+    result = invoke("run", "--mode", "long", "--serial", str(out), str(build_guest("hello64")))
+    assert result.exit_code == 1
+    assert out.read_text() == "Hello from a 64-bit pykvm guest!\n"
+
+
+def _pykvm(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "pykvm", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.kvm
+def test_real_process_exit_status_is_the_guests():
+    proc = _pykvm("run", "--mode", "long", str(build_guest("hello64")))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert out == "Hello from a 64-bit pykvm guest!\n"
+
+
+@pytest.mark.kvm
+def test_ctrl_c_stops_a_runaway_guest_with_status_130(spin_image):
+    proc = _pykvm("run", "--mode", "long", "-v", str(spin_image))
+    deadline = time.monotonic() + 30
+    while "converted to PVM mode" not in (line := proc.stderr.readline()):  # wait until it really runs
+        assert line and time.monotonic() < deadline, "pykvm did not start the guest"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+
+
+@pytest.mark.kvm
+def test_process_leaves_no_fds_behind(spin_image):
+    """A timed-out run inside one process closes what it opened (CliRunner shares our fd table)."""
+    before = len(os.listdir("/proc/self/fd"))
+    invoke("run", "--mode", "long", "--timeout", "0.1", str(spin_image))
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -1,0 +1,94 @@
+"""The Machine's run loop on real KVM: PVM-mode guests, devices, and how runs end."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import pytest
+
+from pykvm.errors import GuestShutdownError, GuestTimeoutError
+from pykvm.guests import build_guest, build_script
+from pykvm.machine import Machine
+from tests.asm import assemble
+
+pytestmark = pytest.mark.kvm
+
+
+def run_image(data: bytes, mode: str = "long", timeout: float = 30, **machine_args):
+    out = io.BytesIO()
+    with Machine(serial_output=out, **machine_args) as machine:
+        machine.load(data, "flat", mode=mode)
+        status = machine.run(timeout=timeout)
+        return status, out.getvalue(), machine.stats
+
+
+def test_hello64_prints_and_exits_through_the_debug_port():
+    status, output, stats = run_image(build_guest("hello64").read_bytes())
+    assert output == b"Hello from a 64-bit pykvm guest!\n"
+    assert status == 1  # debug-exit value 0
+    assert stats.conversions == 1 and stats.emulated_instructions == 0
+
+
+def test_exits64_makes_one_exit_per_out_and_halts_cleanly():
+    data = bytearray(build_guest("exits64").read_bytes())
+    struct.pack_into("<Q", data, build_script().COUNT_OFFSET, 1000)
+    status, _, stats = run_image(bytes(data))
+    assert status == 0
+    assert stats.kvm_exits >= 1000
+
+
+def test_runaway_guest_is_stopped_by_the_timeout():
+    with pytest.raises(GuestTimeoutError, match="timeout"):
+        run_image(assemble("spin: jmp spin"), timeout=0.3)
+
+
+def test_runaway_guest_in_a_timer_free_loop_with_interrupts_on_halts_until_timeout():
+    with pytest.raises(GuestTimeoutError):
+        run_image(assemble("sti\nhlt"), timeout=0.3)
+
+
+def test_triple_fault_ends_the_run_with_a_shutdown_error():
+    with pytest.raises(GuestShutdownError, match="rip="):
+        run_image(assemble("ud2"))
+
+
+def test_debug_exit_with_any_access_size():
+    for reg, value in (("al", 3), ("ax", 0x102), ("eax", 0x10002)):
+        status, _, _ = run_image(assemble(f"mov eax, {value}\nout 0xf4, {reg}"))
+        assert status == (value << 1) | 1
+
+
+def test_serial_polling_guest_prints_through_the_uart():
+    code = assemble("""
+        lea rsi, [rip + msg]
+    next:
+        mov dx, 0x3fd
+    wait: in al, dx
+        test al, 0x20
+        jz wait
+        lodsb
+        test al, al
+        jz done
+        mov dx, 0x3f8
+        out dx, al
+        jmp next
+    done: hlt
+    msg: .asciz "polled\\n"
+    """)
+    status, output, _ = run_image(code)
+    assert (status, output) == (0, b"polled\n")
+
+
+def test_kernel_emulator_boots_the_default_guest_through_every_mode():
+    status, output, stats = run_image(build_guest("boot16to64").read_bytes(), mode="real", emulator="kernel")
+    text = output.decode()
+    assert "[real]" in text and "[protected]" in text and "[long]" in text
+    assert status == 1
+
+
+def test_machines_close_every_fd(open_fds):
+    before = open_fds()
+    for _ in range(20):
+        run_image(assemble("hlt"))
+    assert open_fds() == before
