@@ -25,11 +25,17 @@ def load(memory, data: bytes, format: str = "auto", mode: str | None = None, loa
          entry: int | None = None, cmdline: str = "") -> BootImage:
     """Validate ``data`` as ``format`` and write it (and its boot structures) into ``memory``.
 
+    With ``format="auto"``, a would-be boot sector given a non-real ``mode`` or another
+    ``load_addr`` is loaded as the flat image those options describe.
     Raises ``BadInputError`` before writing anything when the image, or an option
     given for it, is unusable. The returned ``BootImage`` says how to start it.
     """
     data = bytes(data)
     fmt = detect(data) if format == "auto" else format
+    if format == "auto" and fmt == "bootsector" and (mode not in (None, "real") or
+                                                     load_addr not in (None, bootsector.LOAD_ADDR)):
+        # A 512-byte image that merely ends in 55AA, given a flat image's options: the user means flat.
+        fmt = "flat"
     if fmt not in FORMATS[1:]:
         raise BadInputError(f"unknown image format {format!r} (expected one of {', '.join(FORMATS)})")
     if fmt == "multiboot":

@@ -15,6 +15,7 @@ from pykvm.x86 import boot
 SECTOR_SIZE = 512
 SIGNATURE = b"\x55\xaa"
 BOOT_DRIVE = 0x80
+LOAD_ADDR = boot.REAL_MODE_LOAD_ADDR
 
 
 def is_bootsector(data: bytes) -> bool:

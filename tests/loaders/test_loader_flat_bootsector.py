@@ -124,3 +124,14 @@ def test_bootsector_in_tiny_ram():
 def test_unknown_format(mem):
     with pytest.raises(BadInputError, match="unknown image format"):
         load(mem, b"x", "coff")
+
+
+def test_auto_treats_sector_with_flat_options_as_flat(mem):
+    sector = _sector()
+    img = load(mem, sector, mode="protected")
+    assert (img.format, img.mode, img.entry) == ("flat", "protected", 0x100000)
+    img = load(mem, sector, load_addr=0x9000)
+    assert (img.format, img.mode, img.entry) == ("flat", "real", 0x9000)
+    assert load(mem, sector).format == "bootsector"
+    with pytest.raises(BadInputError, match="real mode"):
+        load(mem, sector, "bootsector", mode="protected")
