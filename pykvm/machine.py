@@ -109,11 +109,11 @@ class Machine:
              entry: int | None = None, cmdline: str = ""):
         """Load an image into guest RAM and set the vCPU's entry state for its mode."""
         from pykvm.loaders import load as load_image
-        from pykvm.x86 import boot
 
+        # The loader writes the image and the boot structures its mode needs (GDT, page tables,
+        # multiboot info), after validating all of them.
         image = load_image(self.memory, data, fmt, mode=mode, load_addr=load_addr, entry=entry, cmdline=cmdline)
-        boot.prepare_memory(image.mode, self.memory)
-        self.set_state(boot.initial_state(image.mode, image.entry, registers=image.registers))
+        self.set_state(image.initial_state())
         self.image = image
         return image
 
