@@ -80,8 +80,6 @@ class Recipe:
         return ".bin" if self.flat else ".elf"
 
 
-_CRT32 = ("lib/crt0_32.S", "lib/printf.c", "lib/string.c")
-
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
@@ -95,9 +93,9 @@ RECIPES: dict[str, Recipe] = {
                description="boot16to64 as a 512-byte boot sector with the 55 AA signature"),
         Recipe("selftest16", ("selftest16.S",), "ld/real16.ld", 16,
                description="self-checking real-mode instruction suite"),
-        Recipe("selftest32", ("selftest32.S",), "ld/flat32.ld", 32,
+        Recipe("selftest32", ("selftest32.S", "lib/serial32.S"), "ld/flat32.ld", 32,
                description="self-checking protected-mode suite (IDT, faults, paging)"),
-        Recipe("loop32", ("loop32.S",), "ld/flat32.ld", 32,
+        Recipe("loop32", ("loop32.S", "lib/serial32.S"), "ld/flat32.ld", 32,
                description="emulator benchmark: ALU/memory/branch loop (count at offset 8), rep movsd/stosd"),
         Recipe("cwork32", ("lib/crt0_32.S", "cwork32.c", "lib/printf.c", "lib/string.c"),
                "ld/flat32.ld", 32,
@@ -105,7 +103,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe("assert32", ("lib/crt0_32.S", "assert32.c", "lib/printf.c", "lib/string.c"),
                "ld/flat32.ld", 32,
                description="freestanding C guest whose GUEST_ASSERT fails on purpose"),
-        Recipe("multiboot32", ("multiboot32.S",), "ld/multiboot32.ld", 32, flat=False,
+        Recipe("multiboot32", ("multiboot32.S", "lib/serial32.S"), "ld/multiboot32.ld", 32, flat=False,
                description="multiboot v1 ELF kernel printing EAX magic and mem_lower/upper"),
     )
 }

@@ -30,6 +30,8 @@
 #define PTE_P    0x001          /* present */
 #define PTE_W    0x002          /* writable */
 #define PTE_U    0x004          /* user */
+#define PTE_A    0x020          /* accessed: set by the CPU on any access */
+#define PTE_D    0x040          /* dirty: set by the CPU on a write */
 #define PTE_PS   0x080          /* large page (2 MiB in long mode, 4 MiB in 32-bit) */
 
 /* RFLAGS bits the self-tests compare. */
