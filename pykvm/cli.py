@@ -178,3 +178,48 @@ def run(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emulator, emul
                 serial_out.close()
 
     sys.exit(_guarded(body))
+
+
+@main.command()
+@_image_options
+@click.option("-n", "--count", type=click.IntRange(1), default=20, show_default=True,
+              help="Instructions to execute.")
+@click.option("--regs/--no-regs", default=True, show_default=True, help="Dump the registers at the end.")
+@click.option("--every", is_flag=True, help="Dump the registers after every instruction.")
+def step(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emulator, emul_batch, verbose, count, regs,
+         every):
+    """Execute IMAGE one instruction at a time, printing each (emulated or KVM single-step)."""
+    from pykvm.debug.disasm import disassemble_at
+    from pykvm.debug.dump import format_registers
+    from pykvm.machine import describe_mode
+
+    _setup_logging(verbose)
+
+    def body() -> int:
+        serial_out, close_serial = _open_serial(serial)
+        try:
+            with _machine_for(image, fmt, mode, load_addr, entry, mem, cmdline, serial_out, emulator,
+                              emul_batch) as machine:
+                status = 0
+                for n in range(count):
+                    state = machine.current_state()
+                    where = "kvm" if machine.in_pvm_mode or emulator == "kernel" or pvm.may_convert(state) else "emu"
+                    decoded = disassemble_at(machine.memory, state, 1)
+                    text = f"{decoded[0].code.hex(' '):<24} {decoded[0].text}" if decoded else "<no code>"
+                    click.echo(f"{n:>6} {where} {describe_mode(state):<28} {state.seg[1].selector:04x}:"
+                               f"{state.rip:08x}  {text}")
+                    result = machine.step()
+                    if every:
+                        click.echo(format_registers(machine.current_state()))
+                    if result is not None:
+                        click.echo(f"guest ended with status {result}")
+                        status = result
+                        break
+                if regs and not every:
+                    click.echo(format_registers(machine.current_state()))
+                return status
+        finally:
+            if close_serial:
+                serial_out.close()
+
+    sys.exit(_guarded(body))

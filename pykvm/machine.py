@@ -36,6 +36,8 @@ EMULATORS = ("userspace", "kernel")
 _CPUID_FLAG_SIGNIFICANT_INDEX = 1
 _IO_STRUCTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I")}
 _EXIT_IO, _EXIT_HLT, _EXIT_MMIO, _EXIT_INTR = ExitReason.IO, ExitReason.HLT, ExitReason.MMIO, ExitReason.INTR
+_EXIT_DEBUG = ExitReason.DEBUG
+STEPPED = -1  # _run_kvm's answer when a single step completed (statuses are >= 0)
 
 
 def describe_mode(state: CpuState) -> str:
@@ -89,6 +91,7 @@ class Machine:
         self.in_pvm_mode = False      # True while KVM holds the authoritative vCPU state
         self._emulator = None
         self._cpuid_table = self._build_cpuid_table()
+        self._single_stepping = False
         self.image = None
 
     # -- setup ------------------------------------------------------------------------------
@@ -172,6 +175,8 @@ class Machine:
             raise HostError("nothing loaded: call load() or set_state() first")
         started = time.perf_counter()
         self.events.pending = False
+        if self._single_stepping and self.in_pvm_mode:
+            self._set_single_step(False)
         control = RunControl(self.events, [self.vcpu], timeout)
         try:
             with control:
@@ -193,10 +198,16 @@ class Machine:
             self.stats.seconds += time.perf_counter() - started
             self.serial.flush()
 
-    def _halted(self, rflags: int, where: str) -> int | None:
+    def _halted(self, rflags: int, where: str, wait: bool = True) -> int | None:
+        """HLT: with interrupts off the run is over (status 0); with them on, sleep until stopped.
+
+        Stepping never sleeps (``wait`` False): the step just ends at the halted vCPU.
+        """
         if not rflags & FLAG_IF:
             log.info("guest halted with interrupts off (%s)", where)
             return 0
+        if not wait or self._single_stepping:
+            return None
         # No interrupt source exists yet: a real CPU would sleep until one arrives, so do we.
         log.info("guest halted with interrupts on and nothing to wake it; waiting (%s)", where)
         while not self.events.pending:
@@ -264,11 +275,14 @@ class Machine:
                     continue
                 if reason == _EXIT_INTR:
                     return None
+                stepped = reason == _EXIT_DEBUG and self._single_stepping
                 if check_mode and self._kvm_in_non_pvm_mode():
                     self._leave_kvm()
                     if reason == _EXIT_HLT:
                         return self._halted(self.state.rflags, "non-PVM mode under KVM")
-                    return None
+                    return STEPPED if stepped else None
+                if stepped:
+                    return STEPPED
                 if reason == _EXIT_HLT:
                     return self._halted(vcpu.sync_regs.regs.rflags, "KVM")
                 return self._fatal_exit(exit_)
@@ -286,6 +300,53 @@ class Machine:
         if reason == ExitReason.INTERNAL_ERROR:
             raise EmulationError(f"KVM {exit_.describe()}", rip=rip, code=exit_.instruction_bytes)
         raise EmulationError(f"unexpected KVM exit: {exit_.describe()}", rip=rip)
+
+    # -- stepping -----------------------------------------------------------------------------
+    def step(self) -> int | None:
+        """Execute exactly one guest instruction, in the emulator or under KVM single-step.
+
+        Returns the exit status if the guest ended with that instruction (halt with
+        interrupts off, debug-exit write), else None.
+        """
+        if self.state is None:
+            raise HostError("nothing loaded: call load() or set_state() first")
+        try:
+            if not self.in_pvm_mode:
+                if self.emulator_kind == "userspace" and not pvm.may_convert(self.state):
+                    return self._step_emulator()
+                self._enter_kvm()
+            return self._step_kvm()
+        except GuestExit as e:
+            return e.status
+
+    def _step_emulator(self) -> int | None:
+        self.emulator.step()
+        self.stats.emulated_instructions += 1
+        if not pvm.is_supervisor(self.state):
+            raise EmulationError("guest switched to user mode outside PVM mode", rip=self.state.rip)
+        if self.state.halted:
+            self.state.halted = False
+            return self._halted(self.state.rflags, "emulator", wait=False)
+        return None
+
+    def _step_kvm(self) -> int | None:
+        # Single-stepping HLT under PVM reports a debug exit *after* the HLT and never the halt
+        # itself (measured on these hosts), so a HLT is run without the trap flag: KVM then
+        # reports KVM_EXIT_HLT, exactly as in a normal run.
+        from pykvm.debug.disasm import read_code
+
+        self._set_single_step(read_code(self.memory, self.current_state(), 1) != b"\xf4")
+        while True:
+            status = self._run_kvm()
+            if status == STEPPED:
+                return None
+            if status is not None or not self.in_pvm_mode or self.events.pending:
+                return status
+
+    def _set_single_step(self, enabled: bool) -> None:
+        if enabled != self._single_stepping:
+            self.vcpu.set_guest_debug(enable=enabled, single_step=enabled)
+            self._single_stepping = enabled
 
     # -- inspection ---------------------------------------------------------------------------
     def current_state(self) -> CpuState:

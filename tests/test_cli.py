@@ -140,3 +140,13 @@ def test_process_leaves_no_fds_behind(spin_image):
     before = len(os.listdir("/proc/self/fd"))
     invoke("run", "--mode", "long", "--timeout", "0.1", str(spin_image))
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.kvm
+def test_step_prints_each_instruction_and_the_registers():
+    result = invoke("step", "--mode", "long", "-n", "3", str(build_guest("hello64")))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[1] == "kvm" and "lea rsi" in lines[0]
+    assert len([line for line in lines if "long mode (64-bit)" in line]) == 3
+    assert "Registers:" in result.output and "Segment registers:" in result.output

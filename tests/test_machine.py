@@ -92,3 +92,17 @@ def test_machines_close_every_fd(open_fds):
     for _ in range(20):
         run_image(assemble("hlt"))
     assert open_fds() == before
+
+
+def test_single_stepping_under_kvm_follows_the_instruction_lengths():
+    """Like rust-vmm's test_run_code: step a tiny program and check RIP after each step."""
+    code = assemble("mov eax, 1\nadd eax, eax\nnop\nhlt")
+    with Machine(serial_output=io.BytesIO()) as machine:
+        machine.load(code, "flat", mode="long")
+        rips = []
+        for _ in range(3):
+            assert machine.step() is None
+            rips.append(machine.current_state().rip)
+        assert rips == [0x100005, 0x100007, 0x100008]
+        assert machine.current_state().gpr[0] == 2
+        assert machine.step() == 0  # hlt with interrupts off ends the guest

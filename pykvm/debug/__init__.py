@@ -1,0 +1,1 @@
+"""Looking at a guest: disassembly (iced-x86), register dumps, single-stepping."""
