@@ -289,6 +289,34 @@ def with_count(image: bytes, count: int) -> bytes:
     return bytes(patched)
 
 
+def loop32_checksum(count: int) -> int:
+    """The checksum loop32 prints for ``count`` iterations (a model of guests/loop32.S).
+
+    Lets a benchmark check that an emulator that ran the guest fast also ran it right.
+    """
+    mask = 0xFFFFFFFF
+
+    def rol(value: int, n: int) -> int:
+        return ((value << n) | (value >> (32 - n))) & mask
+
+    array = [0] * 256
+    total, state = 0, 0x12345678
+    for i in range(count & mask):
+        state = (state * 1103515245 + 12345) & mask
+        index = i & 255
+        value = rol(array[index] ^ state, 5)
+        array[index] = value
+        total = (total + value) & mask
+        if state & 0x10000:
+            total = (total - index) & mask
+    fill = total                      # REP STOSD value, copied by REP MOVSD
+    for _ in range(256):              # one sampled dword per 4 KiB of the copy
+        total = (rol(total, 1) + fill) & mask
+    for value in array:
+        total = rol(total, 3) ^ value
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build pykvm guest images into guests/build/.")
     parser.add_argument("names", nargs="*", help="guests to build (default: all)")
