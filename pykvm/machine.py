@@ -92,6 +92,7 @@ class Machine:
         self._emulator = None
         self._cpuid_table = self._build_cpuid_table()
         self._single_stepping = False
+        self._in_step = False
         self.image = None
 
     # -- setup ------------------------------------------------------------------------------
@@ -198,15 +199,15 @@ class Machine:
             self.stats.seconds += time.perf_counter() - started
             self.serial.flush()
 
-    def _halted(self, rflags: int, where: str, wait: bool = True) -> int | None:
+    def _halted(self, rflags: int, where: str) -> int | None:
         """HLT: with interrupts off the run is over (status 0); with them on, sleep until stopped.
 
-        Stepping never sleeps (``wait`` False): the step just ends at the halted vCPU.
+        Stepping never sleeps: the step just ends at the halted vCPU.
         """
         if not rflags & FLAG_IF:
             log.info("guest halted with interrupts off (%s)", where)
             return 0
-        if not wait or self._single_stepping:
+        if self._in_step:
             return None
         # No interrupt source exists yet: a real CPU would sleep until one arrives, so do we.
         log.info("guest halted with interrupts on and nothing to wake it; waiting (%s)", where)
@@ -310,6 +311,7 @@ class Machine:
         """
         if self.state is None:
             raise HostError("nothing loaded: call load() or set_state() first")
+        self._in_step = True
         try:
             if not self.in_pvm_mode:
                 if self.emulator_kind == "userspace" and not pvm.may_convert(self.state):
@@ -318,6 +320,8 @@ class Machine:
             return self._step_kvm()
         except GuestExit as e:
             return e.status
+        finally:
+            self._in_step = False
 
     def _step_emulator(self) -> int | None:
         self.emulator.step()
@@ -326,7 +330,7 @@ class Machine:
             raise EmulationError("guest switched to user mode outside PVM mode", rip=self.state.rip)
         if self.state.halted:
             self.state.halted = False
-            return self._halted(self.state.rflags, "emulator", wait=False)
+            return self._halted(self.state.rflags, "emulator")
         return None
 
     def _step_kvm(self) -> int | None:

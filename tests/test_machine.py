@@ -106,3 +106,11 @@ def test_single_stepping_under_kvm_follows_the_instruction_lengths():
         assert rips == [0x100005, 0x100007, 0x100008]
         assert machine.current_state().gpr[0] == 2
         assert machine.step() == 0  # hlt with interrupts off ends the guest
+
+
+def test_stepping_onto_hlt_with_interrupts_on_returns_instead_of_sleeping():
+    with Machine(serial_output=io.BytesIO()) as machine:
+        machine.load(assemble("sti\nhlt\nhlt"), "flat", mode="long")
+        assert machine.step() is None
+        assert machine.step() is None
+        assert machine.current_state().rip == 0x100002
