@@ -81,7 +81,7 @@ class TranslateContext:
 
 _GLOBALS = {
     "COND": flags.COND, "arith": flags.arith, "carry": flags.carry, "Fault": CpuFault,
-    "PARITY": flags.PARITY, "alu": alu,
+    "PARITY": flags.PARITY, "SIGNK": flags.SIGNK, "alu": alu,
 }
 for _name in dir(alu):
     if not _name.startswith("_"):
@@ -244,25 +244,6 @@ class Gen:
 
     def op(self, i: int, size: int | None = None) -> Operand:
         return Operand(self, i, size)
-
-    @property
-    def opsize(self) -> int:
-        """Operand size of the instruction, from op0 when it has a size, else the mode/prefix."""
-        ins = self.ins
-        if ins.op_count:
-            kind = ins.op0_kind
-            if kind == OK.REGISTER:
-                info = REG_INFO.get(ins.op0_register)
-                if info:
-                    return info[1]
-            elif kind == OK.MEMORY:
-                s = mem_size(ins)
-                if s in (1, 2, 4):
-                    return s
-        name = CODE_NAMES[ins.code]
-        if "_r32" in name or "_rm32" in name or "_imm32" in name or name.endswith("d"):
-            return 4
-        return 4 if self.ctx.bitness == 32 else 2
 
     def ea_expr(self) -> str:
         """Offset (address-size truncated) of the instruction's memory operand, as an expression."""

@@ -35,6 +35,9 @@ OP_RES = 5
 MASK = (0, 0xFF, 0xFFFF, 0, 0xFFFFFFFF, 0, 0, 0, 0xFFFFFFFFFFFFFFFF)
 SIGN = (0, 0x80, 0x8000, 0, 0x80000000, 0, 0, 0, 0x8000000000000000)
 
+# SIGNK[kind] = the sign bit for a lazy-flags kind (indexed by the whole kind, no shift needed).
+SIGNK = tuple(SIGN[k & 7] for k in range(64))
+
 # PARITY[b] = PF for a low result byte b (set when the number of 1 bits is even).
 PARITY = tuple(PF if bin(i).count("1") % 2 == 0 else 0 for i in range(256))
 

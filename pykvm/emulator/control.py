@@ -1,0 +1,208 @@
+"""Far control transfers: far JMP/CALL/RET, IRET, and the stack helpers they share.
+
+Every function validates first, then writes the stack (which may fault), and only then
+commits registers, so a fault leaves the architectural state as before the instruction.
+They return the new EIP; the caller (an instruction closure) ends its block and asks the
+run loop to return, since CS (and maybe CPL) changed.
+"""
+
+from __future__ import annotations
+
+from pykvm.emulator import segments
+from pykvm.emulator.faults import CpuFault
+from pykvm.emulator.flags import ARITH
+from pykvm.emulator.state import CS, SS, Segment
+from pykvm.x86 import descriptors as D
+from pykvm.x86.bits import CR0_PE, EXC_GP, FLAG_FIXED, FLAG_IF, FLAG_IOPL, FLAG_NT, FLAG_VM
+
+_MASK = {2: 0xFFFF, 4: 0xFFFFFFFF}
+
+
+# -- stack helpers ------------------------------------------------------------------------
+def stack_mask(emu) -> int:
+    return 0xFFFFFFFF if emu.stack32 else 0xFFFF
+
+
+def push(emu, values, size, sp=None) -> int:
+    """Write ``values`` (in push order) below SS:ESP; returns the new ESP, not committed."""
+    smask = stack_mask(emu)
+    if sp is None:
+        sp = emu.R[4]
+    sp &= smask
+    wrn = emu.mmu.wrn
+    for v in values:
+        sp = (sp - size) & smask
+        wrn(SS, sp, size, v & _MASK[size])
+    return sp
+
+
+def pop(emu, count, size, sp=None):
+    """Read ``count`` values from SS:ESP upward; returns (values, new ESP), not committed."""
+    smask = stack_mask(emu)
+    if sp is None:
+        sp = emu.R[4]
+    sp &= smask
+    rdn = emu.mmu.rdn
+    out = []
+    for _ in range(count):
+        out.append(rdn(SS, sp, size))
+        sp = (sp + size) & smask
+    return out, sp
+
+
+def set_sp(emu, sp: int) -> None:
+    R = emu.R
+    if emu.stack32:
+        R[4] = sp & 0xFFFFFFFF
+    else:
+        R[4] = (R[4] & 0xFFFF0000) | (sp & 0xFFFF)
+
+
+def set_sp_for(R, sp: int, stack32: bool) -> None:
+    if stack32:
+        R[4] = sp & 0xFFFFFFFF
+    else:
+        R[4] = (R[4] & 0xFFFF0000) | (sp & 0xFFFF)
+
+
+# -- CS loads -----------------------------------------------------------------------------
+def load_cs_real(emu, selector: int) -> None:
+    st = emu.state
+    seg = st.seg[CS]
+    st.seg[CS] = Segment(selector, selector << 4, seg.limit, seg.type, 1, seg.dpl, seg.db, seg.s,
+                         seg.l, seg.g, seg.avl, 0)
+    emu.mode_changed()
+
+
+def load_cs_protected(emu, selector: int, d: D.Descriptor, raw: int, addr: int, cpl: int) -> None:
+    segments.set_accessed(emu, addr, raw)
+    emu.state.seg[CS] = segments.segment_from_descriptor((selector & 0xFFFC) | cpl, d)
+    emu.mode_changed()
+
+
+def _check_target(d: D.Descriptor, offset: int, lma: bool) -> None:
+    if not (lma and d.l) and offset > d.limit:
+        raise CpuFault(EXC_GP, 0)
+
+
+# -- far JMP / CALL / RET ------------------------------------------------------------------
+def far_jmp(emu, selector: int, offset: int) -> int:
+    st = emu.state
+    if not st.cr0 & CR0_PE:
+        if offset > st.seg[CS].limit:
+            raise CpuFault(EXC_GP, 0)
+        load_cs_real(emu, selector)
+        return offset
+    d, raw, addr = segments.check_code_segment(emu, selector)
+    _check_target(d, offset, emu.lma)
+    load_cs_protected(emu, selector, d, raw, addr, st.cpl)
+    return offset
+
+
+def far_call(emu, selector: int, offset: int, size: int, return_eip: int) -> int:
+    st = emu.state
+    old_cs = st.seg[CS].selector
+    if not st.cr0 & CR0_PE:
+        if offset > st.seg[CS].limit:
+            raise CpuFault(EXC_GP, 0)
+        sp = push(emu, (old_cs, return_eip), size)
+        load_cs_real(emu, selector)
+        set_sp(emu, sp)
+        return offset
+    d, raw, addr = segments.check_code_segment(emu, selector)
+    _check_target(d, offset, emu.lma)
+    sp = push(emu, (old_cs, return_eip), size)
+    load_cs_protected(emu, selector, d, raw, addr, st.cpl)
+    set_sp(emu, sp)
+    return offset
+
+
+def far_ret(emu, size: int, imm: int) -> int:
+    st = emu.state
+    (eip, cs), sp = pop(emu, 2, size)
+    cs &= 0xFFFF
+    if not st.cr0 & CR0_PE:
+        if eip > st.seg[CS].limit:
+            raise CpuFault(EXC_GP, 0)
+        load_cs_real(emu, cs)
+        set_sp(emu, sp + imm)
+        return eip
+    cpl = st.cpl
+    d, raw, addr = segments.check_code_segment(emu, cs, for_return=True)
+    rpl = cs & 3
+    if rpl == cpl:
+        _check_target(d, eip, emu.lma)
+        load_cs_protected(emu, cs, d, raw, addr, cpl)
+        set_sp(emu, sp + imm)
+        return eip
+    # Return to an outer privilege level: SS:ESP follow on the stack (after the imm bytes).
+    (new_esp, new_ss), _ = pop(emu, 2, size, sp=(sp + imm) & stack_mask(emu))
+    sd, sraw, saddr = segments.check_stack_segment(emu, new_ss & 0xFFFF, rpl)
+    _check_target(d, eip, emu.lma)
+    _enter_outer(emu, cs, d, raw, addr, new_ss & 0xFFFF, sd, sraw, saddr, rpl, (new_esp + imm))
+    return eip
+
+
+def _enter_outer(emu, cs, d, raw, addr, ss_sel, sd, sraw, saddr, rpl, esp) -> None:
+    st = emu.state
+    segments.set_accessed(emu, saddr, sraw)
+    st.seg[SS] = segments.segment_from_descriptor(ss_sel, sd)
+    load_cs_protected(emu, cs, d, raw, addr, rpl)
+    set_sp_for(emu.R, esp, bool(sd.db))
+    segments.null_outer_data_segments(emu, rpl)
+    emu.mode_changed()
+
+
+# -- IRET ---------------------------------------------------------------------------------
+def iret(emu, size: int) -> int:
+    st = emu.state
+    (eip, cs, fl), sp = pop(emu, 3, size)
+    cs &= 0xFFFF
+    old = emu.get_flags()
+    if not st.cr0 & CR0_PE:
+        if eip > st.seg[CS].limit:
+            raise CpuFault(EXC_GP, 0)
+        if size == 2:
+            new = (old & 0xFFFF0000) | fl
+        else:
+            new = (fl & 0x257FD5) | (old & 0x1A0000)
+        load_cs_real(emu, cs)
+        set_sp(emu, sp)
+        emu.set_flags(new)
+        return eip
+    if old & FLAG_NT:
+        raise NotImplementedError("IRET with NT set (task return)")
+    cpl = st.cpl
+    if size == 4 and fl & FLAG_VM and cpl == 0:
+        raise NotImplementedError("IRET to virtual-8086 mode")
+    d, raw, addr = segments.check_code_segment(emu, cs, for_return=True)
+    rpl = cs & 3
+    new = _iret_flags(old, fl, size, cpl)
+    if rpl == cpl:
+        _check_target(d, eip, emu.lma)
+        load_cs_protected(emu, cs, d, raw, addr, cpl)
+        set_sp(emu, sp)
+        emu.set_flags(new)
+        return eip
+    (new_esp, new_ss), _ = pop(emu, 2, size, sp=sp)
+    sd, sraw, saddr = segments.check_stack_segment(emu, new_ss & 0xFFFF, rpl)
+    _check_target(d, eip, emu.lma)
+    _enter_outer(emu, cs, d, raw, addr, new_ss & 0xFFFF, sd, sraw, saddr, rpl, new_esp)
+    emu.set_flags(new)
+    return eip
+
+
+def _iret_flags(old: int, fl: int, size: int, cpl: int) -> int:
+    """EFLAGS after a protected-mode IRET: IOPL only changes at CPL 0, IF only when CPL <= IOPL."""
+    if size == 2:
+        fl = (old & 0xFFFF0000) | fl
+    keep = FLAG_VM | 0x180000  # VM, VIF, VIP are not loaded by a same-mode IRET
+    if cpl > 0:
+        keep |= FLAG_IOPL
+    if cpl > (old & FLAG_IOPL) >> 12:
+        keep |= FLAG_IF
+    new = (fl & ~keep) | (old & keep)
+    return (new & 0x3F7FD5 & ~FLAG_VM) | (old & FLAG_VM) | FLAG_FIXED
+
+
+__all__ = ["far_jmp", "far_call", "far_ret", "iret", "push", "pop", "set_sp", "ARITH"]

@@ -1,0 +1,266 @@
+"""The ``Emulator``: runs translated blocks on a ``CpuState`` until told to stop.
+
+The run loop looks a block up by linear address in the cache of the current mode
+(code size, stack size, real/protected, user/supervisor), translates it on a miss and
+calls its closures. Anything that the caller must react to (HLT, a CS load, a control
+register or EFER write, a CPL change) ends its block and sets ``stop``, so ``run`` returns
+right after it. Faults raised by instructions are delivered through the IVT/IDT here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import iced_x86 as X
+
+from pykvm.emulator import segments
+from pykvm.emulator.cpuid import default_cpuid
+from pykvm.emulator.faults import CpuFault
+from pykvm.emulator.flags import ARITH, arith
+from pykvm.emulator.interrupts import deliver_exception
+from pykvm.emulator.mmu import Mmu
+from pykvm.emulator.state import CS, SS, CpuState
+from pykvm.emulator.system import SystemOps
+from pykvm.emulator.translate import translate_block
+from pykvm.errors import EmulationError, GuestShutdownError
+from pykvm.x86.bits import CR0_PE, CR0_PG, CR0_WP, EFER_LMA, FLAG_VM
+
+CpuidFn = Callable[[int, int], "tuple[int, int, int, int]"]
+
+
+class Emulator(SystemOps):
+    """Userspace x86 emulator for non-PVM mode (real mode, 16/32-bit protected mode)."""
+
+    def __init__(self, state: CpuState, memory, bus, cpuid: CpuidFn | None = None):
+        self.state = state
+        self.memory = memory
+        self.bus = bus
+        self.cpuid = cpuid or default_cpuid
+        self.R = state.gpr
+        self.mmu = Mmu(state, memory, bus, self._on_code_write)
+        self.lf = (0, 0, 0, state.rflags & ARITH)
+        self.stop = False
+        self.shadow = False
+        self.instructions_executed = 0
+        self.dr = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
+        self.tsc_offset = 0
+        self._caches: dict[tuple, dict] = {}
+        self.cache: dict[int, object] = {}
+        self._ctl = None
+        self._paging_ctl = None
+        self.bitness = 16
+        self.stack32 = False
+        self.real = True
+        self.lma = False
+        self.mode_changed()
+
+    # -- flags ------------------------------------------------------------------------------
+    def get_flags(self) -> int:
+        """Full EFLAGS with the lazy arithmetic flags materialised."""
+        return (self.state.rflags & ~ARITH) | arith(self.lf) | 2
+
+    def set_flags(self, value: int) -> None:
+        self.state.rflags = value | 2
+        self.lf = (0, 0, 0, value & ARITH)
+
+    # -- mode tracking ------------------------------------------------------------------------
+    def mode_changed(self) -> None:
+        """Recompute everything derived from CR0/EFER/CS/SS: code size, segment bounds, TLB, caches."""
+        st = self.state
+        cr0 = st.cr0
+        self.real = real = not cr0 & CR0_PE
+        self.lma = bool(st.efer & EFER_LMA)
+        cs = st.seg[CS]
+        if real:
+            self.bitness = 16
+            self.stack32 = False
+        else:
+            self.bitness = 64 if self.lma and cs.l else (32 if cs.db else 16)
+            self.stack32 = bool(st.seg[SS].db)
+        for i in range(6):
+            segments.refresh_bounds(self, i)
+        cpl = st.cpl
+        paging_ctl = (cr0 & (CR0_PE | CR0_PG | CR0_WP), st.cr3, st.cr4, st.efer)
+        if paging_ctl != self._paging_ctl:
+            self._paging_ctl = paging_ctl
+            self.flush_blocks()
+        ctl = (paging_ctl, cpl == 3)
+        if ctl != self._ctl:
+            self._ctl = ctl
+            self.mmu.configure()
+        key = (self.bitness, self.stack32, real, cpl == 3)
+        cache = self._caches.get(key)
+        if cache is None:
+            cache = self._caches[key] = {}
+        self.cache = cache
+
+    def flush_blocks(self) -> None:
+        """Forget every translated block (paging or CR3 changed, or memory changed behind us)."""
+        for cache in self._caches.values():
+            for blk in cache.values():
+                blk.valid = False
+            cache.clear()
+        self.mmu.code_pages.clear()
+
+    def flush_tlb(self) -> None:
+        """TLB flush (CR3 write, INVLPG): blocks are keyed by linear address, so they go too."""
+        self.mmu.flush_tlb()
+        self.flush_blocks()
+
+    def invalidate_code_cache(self) -> None:
+        """Guest memory may have changed behind our back (KVM ran the guest)."""
+        self.flush_blocks()
+        self.mmu.flush_tlb()
+
+    def _on_code_write(self, page: int) -> None:
+        """A store hit a physical page holding translated code: drop those blocks."""
+        blocks = self.mmu.code_pages.pop(page, ())
+        for blk in blocks:
+            if blk.valid:
+                blk.valid = False
+                blk.fns.clear()
+                if blk.cache.get(blk.key) is blk:
+                    del blk.cache[blk.key]
+
+    def linear_rip(self) -> int:
+        return (self.state.seg[CS].base + self.state.rip) & 0xFFFFFFFF
+
+    # -- sync with the shared state ------------------------------------------------------------
+    def _sync_in(self) -> None:
+        """Pick up any change the caller made to ``state`` since the last call."""
+        st = self.state
+        R = self.R
+        if st.gpr is not R:
+            R[:] = st.gpr
+            st.gpr = R
+        for i in range(8):
+            R[i] &= 0xFFFFFFFF
+        self.lf = (0, 0, 0, st.rflags & ARITH)
+        self.mode_changed()
+
+    # -- translation ------------------------------------------------------------------------
+    def _translate(self, lin: int, eip: int):
+        blk, cacheable = translate_block(self, lin, eip)
+        if cacheable and blk.pages:
+            blk.key = lin
+            blk.cache = self.cache
+            self.cache[lin] = blk
+            code_pages = self.mmu.code_pages
+            for page in blk.pages:
+                users = code_pages.get(page)
+                if users is None:
+                    users = code_pages[page] = set()
+                    # Writes to this page must now take the slow path (which invalidates).
+                    self.mmu.wtlb.clear()
+                users.add(blk)
+        return blk
+
+    # -- execution --------------------------------------------------------------------------
+    def step(self) -> None:
+        """Execute exactly one instruction (delivering any exception it raises)."""
+        self.run(1)
+
+    def run(self, max_instructions: int) -> int:
+        """Execute up to ``max_instructions``; return how many ran.
+
+        Returns early right after HLT, any CS load (far transfers, IRET, exception
+        delivery), control-register/EFER writes and CPL changes. A halted vCPU runs nothing.
+        """
+        st = self.state
+        if st.halted or max_instructions <= 0:
+            return 0
+        self._sync_in()
+        if self.bitness == 64:
+            raise EmulationError("64-bit code must run in PVM mode, not in the emulator",
+                                 rip=self.linear_rip())
+        if st.rflags & FLAG_VM:
+            raise EmulationError("virtual-8086 mode is not supported", rip=self.linear_rip())
+        sbase = self.mmu.sbase
+        done = 0
+        self.stop = False
+        self.shadow = False
+        blk = None
+        i = 0
+        try:
+            while done < max_instructions:
+                eip = st.rip
+                lin = (sbase[1] + eip) & 0xFFFFFFFF
+                blk = self.cache.get(lin)
+                if blk is None or blk.eip != eip:
+                    blk = self._translate(lin, eip)
+                fns = blk.fns
+                n = blk.n
+                i = -1
+                try:
+                    if n <= max_instructions - done:
+                        for i, f in enumerate(fns):
+                            f()
+                        if blk.valid:
+                            i = n - 1
+                            st.rip = blk.term()
+                            done += n
+                        else:
+                            # Self-modifying code: instruction i rewrote this block; stop after it.
+                            st.rip = blk.eips[i + 1]
+                            done += i + 1
+                    else:
+                        k = max_instructions - done
+                        for i, f in enumerate(fns[:k]):
+                            f()
+                            if not blk.valid:
+                                break
+                        st.rip = blk.eips[i + 1]
+                        done += i + 1
+                except CpuFault as e:
+                    st.rip = blk.eips[i]
+                    done += i + 1
+                    self.shadow = False
+                    st.interrupt_shadow = False
+                    deliver_exception(self, e)
+                    break
+                st.interrupt_shadow = self.shadow
+                self.shadow = False
+                if self.stop:
+                    break
+                if self.bitness == 64:
+                    break
+        except NotImplementedError as e:
+            if blk is not None and 0 <= i < len(blk.eips):
+                st.rip = blk.eips[i]
+            raise self._emulation_error(str(e)) from None
+        except (EmulationError, GuestShutdownError):
+            raise
+        except Exception as e:  # a bug in the emulator: report it with the instruction
+            if blk is not None and 0 <= i < len(blk.eips):
+                st.rip = blk.eips[i]
+            raise self._emulation_error(f"internal emulator error {type(e).__name__}: {e}") from e
+        finally:
+            st.rflags = self.get_flags()
+            self.instructions_executed += done
+            self.stop = False
+        return done
+
+    def _emulation_error(self, message: str) -> EmulationError:
+        """An EmulationError naming the instruction at the current RIP (bytes and disassembly)."""
+        lin = self.linear_rip()
+        code = b""
+        text = ""
+        try:
+            code = bytes(self.mmu.lin_read(lin + j, 1, True) for j in range(15))
+            ins = X.Decoder(self.bitness if self.bitness != 64 else 32, code, ip=self.state.rip).decode()
+            code = code[:ins.len]
+            text = X.Formatter(X.FormatterSyntax.INTEL).format(ins)
+        except Exception:
+            pass
+        return EmulationError(message, rip=lin, code=code, mnemonic=text)
+
+    # -- events from outside ------------------------------------------------------------------
+    def inject_interrupt(self, vector: int) -> None:
+        """Deliver an external interrupt now (the caller checked IF and the interrupt shadow)."""
+        st = self.state
+        self._sync_in()
+        st.halted = False
+        try:
+            deliver_exception(self, CpuFault(vector))
+        finally:
+            st.rflags = self.get_flags()

@@ -1,0 +1,219 @@
+"""Exception and interrupt delivery: real-mode IVT, protected-mode IDT, IA-32e IDT,
+and the double-fault / triple-fault escalation of SDM vol. 3, table 6-5.
+
+``deliver`` performs one delivery and raises ``CpuFault`` if the delivery itself faults,
+leaving registers untouched (everything is validated and the stack written before
+anything is committed). ``deliver_exception`` wraps it with the escalation rules.
+"""
+
+from __future__ import annotations
+
+from pykvm.emulator import control, segments
+from pykvm.emulator.faults import CpuFault, TripleFault
+from pykvm.emulator.state import CS, SS, TR, Segment
+from pykvm.x86 import descriptors as D
+from pykvm.x86.bits import (CR0_PE, EXC_AC, EXC_DF, EXC_GP, EXC_NP, EXC_PF, EXC_SS, EXC_TS,
+                            FLAG_AC, FLAG_IF, FLAG_NT, FLAG_RF, FLAG_TF, FLAG_VM)
+
+CONTRIBUTORY = frozenset((0, 10, 11, 12, 13))
+HAS_ERROR_CODE = frozenset((EXC_DF, EXC_TS, EXC_NP, EXC_SS, EXC_GP, EXC_PF, EXC_AC))
+
+
+def deliver_exception(emu, fault: CpuFault) -> None:
+    """Deliver a fault raised by the instruction at ``state.rip``, escalating to #DF / triple fault."""
+    rip = emu.state.rip
+    vectors = [fault.vector]
+    current = fault
+    while True:
+        try:
+            deliver(emu, current.vector, current.error_code, rip, software=False, cr2=current.cr2)
+            return
+        except CpuFault as nested:
+            vectors.append(nested.vector)
+            if current.vector == EXC_DF:
+                raise TripleFault(emu.linear_rip(), vectors) from None
+            first, second = current.vector, nested.vector
+            if ((first in CONTRIBUTORY and second in CONTRIBUTORY)
+                    or (first == EXC_PF and (second in CONTRIBUTORY or second == EXC_PF))):
+                current = CpuFault(EXC_DF, 0)
+                vectors.append(EXC_DF)
+            else:
+                current = nested
+        except NotImplementedError:
+            raise
+
+
+def deliver(emu, vector: int, error_code, return_eip: int, software: bool = False, cr2=None) -> None:
+    """Transfer control to the handler of ``vector``; the pushed return address is ``return_eip``."""
+    st = emu.state
+    if not st.cr0 & CR0_PE:
+        _deliver_real(emu, vector, return_eip)
+    elif emu.lma:
+        _deliver_long(emu, vector, error_code, return_eip, software)
+    else:
+        _deliver_protected(emu, vector, error_code, return_eip, software)
+    if cr2 is not None:
+        st.cr2 = cr2
+    emu.stop = True
+
+
+def _deliver_real(emu, vector: int, return_eip: int) -> None:
+    st = emu.state
+    if vector * 4 + 3 > st.idt.limit:
+        raise CpuFault(EXC_GP, vector * 8 + 2)
+    entry = emu.mmu.lin_read((st.idt.base + vector * 4) & 0xFFFFFFFF, 4, True)
+    flags = emu.get_flags()
+    sp = control.push(emu, (flags, st.seg[CS].selector, return_eip), 2)
+    control.load_cs_real(emu, entry >> 16)
+    control.set_sp(emu, sp)
+    emu.set_flags(flags & ~(FLAG_IF | FLAG_TF | FLAG_AC | FLAG_RF))
+    st.rip = entry & 0xFFFF
+
+
+def _gate_error(vector: int, ext: int) -> int:
+    return vector * 8 + 2 + ext
+
+
+def _deliver_protected(emu, vector, error_code, return_eip, software) -> None:
+    st = emu.state
+    ext = 0 if software else 1
+    if vector * 8 + 7 > st.idt.limit:
+        raise CpuFault(EXC_GP, _gate_error(vector, ext))
+    gate = D.decode_gate(emu.mmu.lin_read((st.idt.base + vector * 8) & 0xFFFFFFFF, 8, True))
+    if gate.type == D.SYS_TASK_GATE:
+        raise NotImplementedError("interrupt through a task gate")
+    if gate.type not in (D.SYS_INT_GATE16, D.SYS_TRAP_GATE16, D.SYS_INT_GATE32, D.SYS_TRAP_GATE32):
+        raise CpuFault(EXC_GP, _gate_error(vector, ext))
+    cpl = st.cpl
+    if software and gate.dpl < cpl:
+        raise CpuFault(EXC_GP, _gate_error(vector, 0))
+    if not gate.present:
+        raise CpuFault(EXC_NP, _gate_error(vector, ext))
+    sel = gate.selector
+    if sel & 0xFFFC == 0:
+        raise CpuFault(EXC_GP, ext)
+    raw, addr = segments.read_descriptor(emu, sel, ext=ext)
+    d = D.decode_descriptor(raw)
+    if not d.is_code or d.dpl > cpl:
+        raise CpuFault(EXC_GP, (sel & 0xFFFC) | ext)
+    if not d.present:
+        raise CpuFault(EXC_NP, (sel & 0xFFFC) | ext)
+    if gate.offset > d.limit:
+        raise CpuFault(EXC_GP, ext)
+    size = 4 if gate.type & 8 else 2
+    flags = emu.get_flags()
+    if flags & FLAG_VM:
+        raise NotImplementedError("interrupt from virtual-8086 mode")
+    frame = [flags, st.seg[CS].selector, return_eip]
+    if error_code is not None:
+        frame.append(error_code)
+    conforming = d.type & D.TYPE_CODE_CONFORMING
+    if not conforming and d.dpl < cpl:
+        # Inner privilege: the new stack comes from the TSS.
+        new_cpl = d.dpl
+        ss_sel, esp = _tss_stack(emu, new_cpl, ext)
+        sd, sraw, saddr = segments.check_stack_segment(emu, ss_sel, new_cpl, EXC_TS, ext)
+        new_ss = segments.segment_from_descriptor(ss_sel, sd)
+        frame = [st.seg[SS].selector, emu.R[4]] + frame
+        esp = _push_on(emu, new_ss, esp, frame, size)
+        segments.set_accessed(emu, saddr, sraw)
+        st.seg[SS] = new_ss
+        control.load_cs_protected(emu, sel, d, raw, addr, new_cpl)
+        control.set_sp_for(emu.R, esp, bool(sd.db))
+    else:
+        sp = control.push(emu, frame, size)
+        control.load_cs_protected(emu, sel, d, raw, addr, cpl)
+        control.set_sp(emu, sp)
+    clear = FLAG_TF | FLAG_NT | FLAG_RF | FLAG_VM
+    if gate.type in (D.SYS_INT_GATE16, D.SYS_INT_GATE32):
+        clear |= FLAG_IF
+    emu.set_flags(flags & ~clear)
+    emu.mode_changed()
+    st.rip = gate.offset
+
+
+def _tss_stack(emu, cpl: int, ext: int):
+    """SSn:ESPn for privilege level ``cpl`` from the current TSS (16- or 32-bit)."""
+    tr = emu.state.seg[TR]
+    if tr.type & 8:
+        off, width = 4 + cpl * 8, 4
+    else:
+        off, width = 2 + cpl * 4, 2
+    if off + 2 * width - 1 > tr.limit:
+        raise CpuFault(EXC_TS, (tr.selector & 0xFFFC) | ext)
+    read = emu.mmu.lin_read
+    esp = read((tr.base + off) & 0xFFFFFFFF, width, True)
+    ss = read((tr.base + off + width) & 0xFFFFFFFF, 2, True)
+    return ss, esp
+
+
+def _push_on(emu, seg: Segment, sp: int, values, size: int) -> int:
+    """Push onto a stack that is not the current SS (inner-level entry); checks its limit."""
+    smask = 0xFFFFFFFF if seg.db else 0xFFFF
+    expand_down = seg.type & D.TYPE_DATA_EXPAND_DOWN
+    write = emu.mmu.lin_write
+    for v in values:
+        sp = (sp - size) & smask
+        if expand_down:
+            ok = sp > seg.limit and sp + size - 1 <= smask
+        else:
+            ok = sp + size - 1 <= seg.limit
+        if not ok:
+            raise CpuFault(EXC_SS, seg.selector & 0xFFFC)
+        write((seg.base + sp) & 0xFFFFFFFF, size, v & (0xFFFFFFFF if size == 4 else 0xFFFF), True)
+    return sp
+
+
+def _deliver_long(emu, vector, error_code, return_eip, software) -> None:
+    """IA-32e delivery (compatibility mode code took an exception): 16-byte gates, 64-bit frame."""
+    st = emu.state
+    ext = 0 if software else 1
+    if vector * 16 + 15 > st.idt.limit:
+        raise CpuFault(EXC_GP, _gate_error(vector, ext))
+    base = st.idt.base + vector * 16
+    lo = emu.mmu.lin_read(base, 8, True)
+    hi = emu.mmu.lin_read(base + 8, 8, True)
+    gate = D.decode_gate64(lo, hi)
+    if gate.type not in (D.SYS_INT_GATE32, D.SYS_TRAP_GATE32):
+        raise CpuFault(EXC_GP, _gate_error(vector, ext))
+    cpl = st.cpl
+    if software and gate.dpl < cpl:
+        raise CpuFault(EXC_GP, _gate_error(vector, 0))
+    if not gate.present:
+        raise CpuFault(EXC_NP, _gate_error(vector, ext))
+    sel = gate.selector
+    if sel & 0xFFFC == 0:
+        raise CpuFault(EXC_GP, ext)
+    raw, addr = segments.read_descriptor(emu, sel, ext=ext)
+    d = D.decode_descriptor(raw)
+    if not d.is_code or not d.l or d.db or d.dpl > cpl:
+        raise CpuFault(EXC_GP, (sel & 0xFFFC) | ext)
+    if not d.present:
+        raise CpuFault(EXC_NP, (sel & 0xFFFC) | ext)
+    flags = emu.get_flags()
+    new_cpl = cpl if d.type & D.TYPE_CODE_CONFORMING else d.dpl
+    ist = (lo >> 32) & 7
+    tr = st.seg[TR]
+    if ist or new_cpl < cpl:
+        off = 0x24 + (ist - 1) * 8 if ist else 4 + new_cpl * 8
+        rsp = emu.mmu.lin_read(tr.base + off, 8, True)
+    else:
+        rsp = st.gpr[4]
+    rsp &= ~0xF
+    frame = [st.seg[SS].selector, st.gpr[4], flags, st.seg[CS].selector, return_eip]
+    if error_code is not None:
+        frame.append(error_code)
+    for v in frame:
+        rsp = (rsp - 8) & 0xFFFFFFFFFFFFFFFF
+        emu.mmu.lin_write(rsp, 8, v, True)
+    if new_cpl < cpl:
+        st.seg[SS] = Segment(selector=new_cpl, base=0, limit=0, type=0, present=0, dpl=new_cpl, db=0,
+                             s=0, l=0, g=0, avl=0, unusable=1)
+    control.load_cs_protected(emu, sel, d, raw, addr, new_cpl)
+    st.gpr[4] = rsp
+    clear = FLAG_TF | FLAG_NT | FLAG_RF | FLAG_VM
+    if gate.type == D.SYS_INT_GATE32:
+        clear |= FLAG_IF
+    emu.set_flags(flags & ~clear)
+    emu.mode_changed()
+    st.rip = gate.offset

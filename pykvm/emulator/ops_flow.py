@@ -1,0 +1,194 @@
+"""Control flow: Jcc, JMP, CALL, RET (near and far), LOOP/JCXZ, INT/INTO/INT3, IRET, HLT.
+
+All of these end their block. Near transfers return the target EIP straight from the
+template; far transfers, IRET and software interrupts call ``control``/``interrupts``
+and also set ``E.stop`` because CS (and maybe CPL) changed.
+"""
+
+from __future__ import annotations
+
+import iced_x86 as X
+
+from pykvm.emulator.codegen import CODE_NAMES, MASKS, Invalid
+from pykvm.emulator.ops_alu import CC_OF, cond_expr
+from pykvm.emulator.ops_data import emit_pop, emit_push, stack_size
+
+M = X.Mnemonic
+OK = X.OpKind
+HANDLERS: dict = {}
+
+
+def handles(*mnemonics):
+    def deco(fn):
+        for m in mnemonics:
+            HANDLERS[m] = fn
+        return fn
+    return deco
+
+
+def _branch_size(g) -> int:
+    kind = g.ins.op0_kind
+    if kind == OK.NEAR_BRANCH16:
+        return 2
+    if kind == OK.NEAR_BRANCH32:
+        return 4
+    return 4 if g.ctx.bitness == 32 else 2
+
+
+def _jcc(g):
+    g.terminal = True
+    expr = cond_expr(g, CC_OF[g.ins.mnemonic])
+    g.emit(f"return {g.k(g.ins.near_branch_target)} if {expr} else {g.k(g.next_eip)}")
+
+
+for _m in CC_OF:
+    _name = [n for n in dir(M) if getattr(M, n) == _m][0]
+    if _name.startswith("J"):
+        HANDLERS[_m] = _jcc
+
+
+@handles(M.JMP)
+def _jmp(g):
+    ins = g.ins
+    g.terminal = True
+    kind = ins.op0_kind
+    if kind in (OK.NEAR_BRANCH16, OK.NEAR_BRANCH32):
+        g.emit(f"return {g.k(ins.near_branch_target)}")
+    elif kind in (OK.FAR_BRANCH16, OK.FAR_BRANCH32):
+        off = ins.far_branch32 if kind == OK.FAR_BRANCH32 else ins.far_branch16
+        g.emit("E.stop = True", f"return E.far_jmp({g.k(ins.far_branch_selector)}, {g.k(off)})")
+    elif ins.is_jmp_far_indirect:
+        _far_indirect(g, "jmp")
+    else:
+        s = g.op(0)
+        g.emit(f"return {s.read()}")
+
+
+def _far_indirect(g, what: str):
+    ins = g.ins
+    if ins.op0_kind != OK.MEMORY:
+        raise Invalid()
+    size = 4 if X.MemorySizeExt.size(ins.memory_size) == 6 else 2
+    from pykvm.emulator.codegen import SEG_INDEX
+    rd = {2: "rd2", 4: "rd4"}[size]
+    g.emit(f"o = {g.ea_expr()}", f"sg = {g.k(SEG_INDEX[ins.memory_segment])}",
+           f"off = {rd}(sg, o)", f"sel = rd2(sg, (o + {size}) & 0xFFFFFFFF)", "E.stop = True")
+    if what == "jmp":
+        g.emit("return E.far_jmp(sel, off)")
+    else:
+        g.emit(f"return E.far_call(sel, off, {size}, {g.k(g.next_eip)})")
+
+
+@handles(M.CALL)
+def _call(g):
+    ins = g.ins
+    g.terminal = True
+    kind = ins.op0_kind
+    if kind in (OK.NEAR_BRANCH16, OK.NEAR_BRANCH32):
+        size = 2 if kind == OK.NEAR_BRANCH16 else 4
+        emit_push(g, g.k(g.next_eip & MASKS[size]), size)
+        g.emit(f"return {g.k(ins.near_branch_target)}")
+    elif kind in (OK.FAR_BRANCH16, OK.FAR_BRANCH32):
+        size = 4 if kind == OK.FAR_BRANCH32 else 2
+        off = ins.far_branch32 if kind == OK.FAR_BRANCH32 else ins.far_branch16
+        g.emit("E.stop = True",
+               f"return E.far_call({g.k(ins.far_branch_selector)}, {g.k(off)}, {size}, {g.k(g.next_eip)})")
+    elif ins.is_call_far_indirect:
+        _far_indirect(g, "call")
+    else:
+        s = g.op(0)
+        size = s.size
+        g.emit(f"t = {s.read()}")
+        emit_push(g, g.k(g.next_eip & MASKS[size]), size)
+        g.emit("return t")
+
+
+@handles(M.RET)
+def _ret(g):
+    ins = g.ins
+    g.terminal = True
+    size = 4 if CODE_NAMES[ins.code].startswith("RETND") else 2
+    imm = ins.immediate(0) & 0xFFFF if ins.op_count else 0
+    commit = emit_pop(g, "v", size)
+    if imm:
+        if g.ctx.stack32:
+            commit = f"R[4] = (sp + {size} + {g.k(imm)}) & 0xFFFFFFFF"
+        else:
+            commit = f"R[4] = R[4] & 0xFFFF0000 | (sp + {size} + {g.k(imm)}) & 0xFFFF"
+    g.emit(commit, "return v")
+
+
+@handles(M.RETF)
+def _retf(g):
+    ins = g.ins
+    g.terminal = True
+    size = 4 if CODE_NAMES[ins.code].startswith("RETFD") else 2
+    imm = ins.immediate(0) & 0xFFFF if ins.op_count else 0
+    g.emit("E.stop = True", f"return E.far_ret({size}, {g.k(imm)})")
+
+
+@handles(M.IRET, M.IRETD)
+def _iret(g):
+    g.terminal = True
+    size = 4 if g.ins.mnemonic == M.IRETD else 2
+    g.emit("E.stop = True", f"return E.iret({size})")
+
+
+@handles(M.INT, M.INT3, M.INTO, M.INT1)
+def _int(g):
+    ins = g.ins
+    g.terminal = True
+    nxt = g.k(g.next_eip)
+    mn = ins.mnemonic
+    if mn == M.INT:
+        g.emit(f"E.software_interrupt({g.k(ins.immediate(0) & 0xFF)}, {nxt})", f"return ST.rip")
+    elif mn == M.INT3:
+        g.emit(f"E.software_interrupt(3, {nxt})", "return ST.rip")
+    elif mn == M.INT1:
+        g.emit(f"E.software_interrupt(1, {nxt}, False)", "return ST.rip")
+    else:
+        g.emit("if not arith(E.lf) & 0x800:", f"    return {nxt}",
+               f"E.software_interrupt(4, {nxt})", "return ST.rip")
+
+
+def _counter(g):
+    """(mask, read-expression) of the count register of LOOP/JCXZ: CX or ECX by address size."""
+    name = CODE_NAMES[g.ins.code]
+    if name.endswith("_ECX"):
+        return 0xFFFFFFFF
+    if name.endswith("_CX"):
+        return 0xFFFF
+    return 0xFFFFFFFF if g.ctx.bitness == 32 else 0xFFFF
+
+
+@handles(M.LOOP, M.LOOPE, M.LOOPNE)
+def _loop(g):
+    g.terminal = True
+    mask = _counter(g)
+    mn = g.ins.mnemonic
+    if mask == 0xFFFFFFFF:
+        g.emit("c = (R[1] - 1) & 0xFFFFFFFF", "R[1] = c")
+    else:
+        g.emit("c = (R[1] - 1) & 0xFFFF", "R[1] = R[1] & 0xFFFF0000 | c")
+    taken, nxt = g.k(g.ins.near_branch_target), g.k(g.next_eip)
+    if mn == M.LOOP:
+        g.emit(f"return {taken} if c else {nxt}")
+    else:
+        zf = cond_expr(g, 4 if mn == M.LOOPE else 5)
+        g.emit(f"return {taken} if c and {zf} else {nxt}")
+
+
+@handles(M.JCXZ, M.JECXZ)
+def _jcxz(g):
+    g.terminal = True
+    mask = 0xFFFFFFFF if g.ins.mnemonic == M.JECXZ else 0xFFFF
+    g.emit(f"return {g.k(g.ins.near_branch_target)} if not R[1] & {mask:#x} else {g.k(g.next_eip)}")
+
+
+@handles(M.HLT)
+def _hlt(g):
+    g.terminal = True
+    g.emit("E.require_cpl0()", "ST.halted = True", "E.stop = True", f"return {g.k(g.next_eip)}")
+
+
+__all__ = ["HANDLERS", "stack_size"]

@@ -1,0 +1,198 @@
+"""System instructions: port I/O, interrupt flag, descriptor tables, control/debug registers,
+MSRs, CPUID, RDTSC, INVLPG, cache control, UD2."""
+
+from __future__ import annotations
+
+import iced_x86 as X
+
+from pykvm.emulator.codegen import MASKS, REG_INFO, SEG_INDEX, Invalid
+
+M = X.Mnemonic
+OK = X.OpKind
+R_ = X.Register
+HANDLERS: dict = {}
+
+_CR = {R_.CR0: 0, R_.CR2: 2, R_.CR3: 3, R_.CR4: 4, R_.CR8: 8}
+_DR = {getattr(R_, f"DR{i}"): i for i in range(8)}
+
+
+def handles(*mnemonics):
+    def deco(fn):
+        for m in mnemonics:
+            HANDLERS[m] = fn
+        return fn
+    return deco
+
+
+def mov_to_crdr(g):
+    ins = g.ins
+    reg = ins.op0_register
+    src = REG_INFO[ins.op1_register][0]
+    if reg in _CR:
+        g.terminal = True
+        g.emit(f"E.write_cr({g.k(_CR[reg])}, R[{g.k(src)}])", f"return {g.k(g.next_eip)}")
+    elif reg in _DR:
+        g.emit(f"E.write_dr({g.k(_DR[reg])}, R[{g.k(src)}])")
+    else:
+        raise Invalid()
+
+
+def mov_from_crdr(g):
+    ins = g.ins
+    reg = ins.op1_register
+    dst = REG_INFO[ins.op0_register][0]
+    if reg in _CR:
+        g.emit(f"R[{g.k(dst)}] = E.read_cr({g.k(_CR[reg])})")
+    elif reg in _DR:
+        g.emit(f"R[{g.k(dst)}] = E.read_dr({g.k(_DR[reg])})")
+    else:
+        raise Invalid()
+
+
+@handles(M.IN)
+def _in(g):
+    d = g.op(0)
+    size = d.size
+    port = g.op(1)
+    p = port.read() if port.kind == "imm" else "(R[2] & 0xFFFF)"
+    g.emit(f"port = {p}", f"E.check_io(port, {size})", f"v = E.bus.pio_read(port, {size}) & {MASKS[size]:#x}")
+    d.write("v")
+
+
+@handles(M.OUT)
+def _out(g):
+    port = g.op(0)
+    s = g.op(1)
+    size = s.size
+    p = port.read() if port.kind == "imm" else "(R[2] & 0xFFFF)"
+    g.emit(f"port = {p}", f"E.check_io(port, {size})", f"E.bus.pio_write(port, {size}, {s.read()})")
+
+
+@handles(M.CLI)
+def _cli(g):
+    g.emit("E.check_iopl()", "ST.rflags &= ~0x200")
+
+
+@handles(M.STI)
+def _sti(g):
+    # STI ends the block so the interrupt shadow it creates is visible when run() returns.
+    g.terminal = True
+    g.emit("E.check_iopl()", "if not ST.rflags & 0x200:", "    ST.rflags |= 0x200", "    E.shadow = True",
+           f"return {g.k(g.next_eip)}")
+
+
+@handles(M.CLD)
+def _cld(g):
+    g.emit("ST.rflags &= ~0x400")
+
+
+@handles(M.STD)
+def _std(g):
+    g.emit("ST.rflags |= 0x400")
+
+
+def _mem_offset(g):
+    ins = g.ins
+    if ins.op0_kind != OK.MEMORY:
+        raise Invalid()
+    return g.ea_expr(), g.k(SEG_INDEX[ins.memory_segment])
+
+
+@handles(M.LGDT, M.LIDT)
+def _lgdt(g):
+    o, seg = _mem_offset(g)
+    which = "gdt" if g.ins.mnemonic == M.LGDT else "idt"
+    opsize = 2 if _code_name(g).endswith("_16") else 4
+    g.emit(f"E.load_dtr('{which}', {seg}, {o}, {opsize})")
+    g.terminal = True
+    g.emit(f"return {g.k(g.next_eip)}")
+
+
+@handles(M.SGDT, M.SIDT)
+def _sgdt(g):
+    o, seg = _mem_offset(g)
+    which = "gdt" if g.ins.mnemonic == M.SGDT else "idt"
+    opsize = 2 if _code_name(g).endswith("_16") else 4
+    g.emit(f"E.store_dtr('{which}', {seg}, {o}, {opsize})")
+
+
+def _code_name(g) -> str:
+    from pykvm.emulator.codegen import CODE_NAMES
+    return CODE_NAMES[g.ins.code]
+
+
+@handles(M.LLDT, M.LTR)
+def _lldt(g):
+    s = g.op(0, 2)
+    fn = "lldt" if g.ins.mnemonic == M.LLDT else "ltr"
+    g.emit(f"E.{fn}({s.read()})")
+
+
+@handles(M.SLDT, M.STR)
+def _sldt(g):
+    d = g.op(0)
+    idx = 6 if g.ins.mnemonic == M.SLDT else 7
+    d.write(f"ST.seg[{g.k(idx)}].selector")
+
+
+@handles(M.SMSW)
+def _smsw(g):
+    d = g.op(0)
+    d.write("ST.cr0 & 0xFFFFFFFF" if d.size == 4 else "ST.cr0 & 0xFFFF")
+
+
+@handles(M.LMSW)
+def _lmsw(g):
+    s = g.op(0, 2)
+    g.terminal = True
+    g.emit(f"E.lmsw({s.read()})", f"return {g.k(g.next_eip)}")
+
+
+@handles(M.CLTS)
+def _clts(g):
+    g.terminal = True
+    g.emit("E.require_cpl0()", "E.write_cr(0, ST.cr0 & ~8)", f"return {g.k(g.next_eip)}")
+
+
+@handles(M.RDMSR)
+def _rdmsr(g):
+    g.emit("v = E.rdmsr(R[1])", "R[0] = v & 0xFFFFFFFF", "R[2] = v >> 32 & 0xFFFFFFFF")
+
+
+@handles(M.WRMSR)
+def _wrmsr(g):
+    g.terminal = True
+    g.emit("E.wrmsr(R[1], R[2] << 32 | R[0])", f"return {g.k(g.next_eip)}")
+
+
+@handles(M.CPUID)
+def _cpuid(g):
+    g.emit("a, b, c, d = E.cpuid(R[0], R[1])",
+           "R[0] = a & 0xFFFFFFFF", "R[3] = b & 0xFFFFFFFF", "R[1] = c & 0xFFFFFFFF", "R[2] = d & 0xFFFFFFFF")
+
+
+@handles(M.RDTSC)
+def _rdtsc(g):
+    g.emit("v = E.rdtsc()", "R[0] = v & 0xFFFFFFFF", "R[2] = v >> 32 & 0xFFFFFFFF")
+
+
+@handles(M.RDTSCP)
+def _rdtscp(g):
+    g.emit("v = E.rdtsc()", "R[0] = v & 0xFFFFFFFF", "R[2] = v >> 32 & 0xFFFFFFFF",
+           "R[1] = ST.msrs.get(0xC0000103, 0) & 0xFFFFFFFF")
+
+
+@handles(M.INVLPG)
+def _invlpg(g):
+    g.terminal = True
+    g.emit("E.require_cpl0()", "E.flush_tlb()", f"return {g.k(g.next_eip)}")
+
+
+@handles(M.WBINVD, M.INVD)
+def _wbinvd(g):
+    g.emit("E.require_cpl0()")
+
+
+@handles(M.UD2, M.UD0, M.UD1)
+def _ud2(g):
+    g.emit("raise Fault(6)")

@@ -1,0 +1,318 @@
+"""Runtime side of the privileged and stateful instructions, as methods of the emulator.
+
+Instruction closures call these as ``E.<method>``; each checks privilege (CPL, IOPL)
+and operand validity the way the SDM describes and raises ``CpuFault`` otherwise.
+Writes to CR0/CR3/CR4/EFER go through ``write_cr``/``wrmsr`` which redo the mode
+bookkeeping (LMA, paging, TLB, translated blocks) and ask the run loop to return.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pykvm.emulator import control, interrupts, segments
+from pykvm.emulator.faults import CpuFault
+from pykvm.emulator.state import CS, LDTR, SS, TR, Segment
+from pykvm.x86 import descriptors as D
+from pykvm.x86 import bits as B
+
+_CR4_VALID = (B.CR4_VME | B.CR4_PVI | B.CR4_TSD | B.CR4_DE | B.CR4_PSE | B.CR4_PAE | B.CR4_MCE
+              | B.CR4_PGE | (1 << 8) | B.CR4_OSFXSR | B.CR4_OSXMMEXCPT | (1 << 11) | (1 << 16)
+              | (1 << 17) | (1 << 18) | (1 << 20) | (1 << 21))
+_EFER_VALID = B.EFER_SCE | B.EFER_LME | B.EFER_LMA | B.EFER_NXE
+
+# MSRs kept in ``state.msrs`` (besides EFER and APIC_BASE, which have their own fields).
+_PLAIN_MSRS = {
+    B.MSR_IA32_SYSENTER_CS, B.MSR_IA32_SYSENTER_ESP, B.MSR_IA32_SYSENTER_EIP, B.MSR_IA32_MISC_ENABLE,
+    B.MSR_IA32_PAT, B.MSR_STAR, B.MSR_LSTAR, B.MSR_CSTAR, B.MSR_SYSCALL_MASK, B.MSR_FS_BASE,
+    B.MSR_GS_BASE, B.MSR_KERNEL_GS_BASE, B.MSR_TSC_AUX,
+    0x17,    # IA32_PLATFORM_ID
+    0x8B,    # IA32_BIOS_SIGN_ID (microcode revision)
+    0x179, 0x17A,   # MCG_CAP, MCG_STATUS
+    0x2FF,   # MTRR default type
+    0x250, 0x258, 0x259, *range(0x268, 0x270),   # fixed-range MTRRs
+    *range(0x200, 0x210),                         # variable-range MTRRs
+}
+_MSR_DEFAULTS = {B.MSR_IA32_PAT: 0x0007040600070406, 0xFE: 0x508}
+_READ_ONLY_MSRS = {0xFE}   # MTRRcap
+
+
+class SystemOps:
+    """Mixin with the instruction-level helpers; ``Emulator`` inherits it."""
+
+    # -- privilege checks -----------------------------------------------------------------
+    def require_cpl0(self) -> None:
+        if not self.real and self.state.cpl != 0:
+            raise CpuFault(B.EXC_GP, 0)
+
+    def iopl_ok(self) -> bool:
+        return self.real or self.state.cpl <= (self.state.rflags >> 12) & 3
+
+    def check_iopl(self) -> None:
+        if not self.iopl_ok():
+            raise CpuFault(B.EXC_GP, 0)
+
+    def check_io(self, port: int, size: int) -> None:
+        """IN/OUT/INS/OUTS privilege: CPL <= IOPL in protected mode (no TSS I/O bitmap)."""
+        if not self.iopl_ok():
+            raise CpuFault(B.EXC_GP, 0)
+
+    # -- segments and stack ------------------------------------------------------------------
+    def load_seg(self, i: int, selector: int) -> None:
+        segments.load_data_segment(self, i, selector)
+        if i == SS:
+            self.mode_changed()
+
+    def push_many(self, values, size: int) -> None:
+        control.set_sp(self, control.push(self, values, size))
+
+    def pop_many(self, count: int, size: int):
+        return control.pop(self, count, size)
+
+    def set_sp(self, sp: int) -> None:
+        control.set_sp(self, sp)
+
+    def enter(self, size: int, alloc: int, level: int) -> None:
+        R = self.R
+        smask = 0xFFFFFFFF if self.stack32 else 0xFFFF
+        vmask = 0xFFFFFFFF if size == 4 else 0xFFFF
+        wrn, rdn = self.mmu.wrn, self.mmu.rdn
+        sp = (R[4] - size) & smask
+        wrn(SS, sp, size, R[5] & vmask)
+        frame = sp
+        if level:
+            bp = R[5] & smask
+            for _ in range(1, level):
+                bp = (bp - size) & smask
+                sp = (sp - size) & smask
+                wrn(SS, sp, size, rdn(SS, bp, size))
+            sp = (sp - size) & smask
+            wrn(SS, sp, size, frame & vmask)
+        sp = (sp - alloc) & smask
+        if size == 4:
+            R[5] = frame
+        else:
+            R[5] = (R[5] & 0xFFFF0000) | (frame & 0xFFFF)
+        control.set_sp(self, sp)
+
+    def popf(self, value: int, size: int) -> None:
+        """POPF with the SDM's rules for IOPL, IF, VM/RF and the 16-bit form."""
+        old = self.get_flags()
+        if size == 2:
+            value = (old & 0xFFFF0000) | (value & 0xFFFF)
+        keep = B.FLAG_VM | B.FLAG_RF | 0x180000   # VM, RF, VIF, VIP never loaded by POPF here
+        if not self.real:
+            cpl = self.state.cpl
+            if cpl > 0:
+                keep |= B.FLAG_IOPL
+            if cpl > (old >> 12) & 3:
+                keep |= B.FLAG_IF
+        new = (value & ~keep & 0x3F7FD5) | (old & keep)
+        if size == 4:
+            new &= ~(B.FLAG_RF | 0x180000) | (old & keep)
+        self.set_flags(new)
+
+    # -- far transfers and interrupts -------------------------------------------------------
+    def far_jmp(self, selector: int, offset: int) -> int:
+        return control.far_jmp(self, selector, offset)
+
+    def far_call(self, selector: int, offset: int, size: int, ret: int) -> int:
+        return control.far_call(self, selector, offset, size, ret)
+
+    def far_ret(self, size: int, imm: int) -> int:
+        return control.far_ret(self, size, imm)
+
+    def iret(self, size: int) -> int:
+        return control.iret(self, size)
+
+    def software_interrupt(self, vector: int, next_eip: int, software: bool = True) -> None:
+        """INT n / INT3 / INTO: deliver with the return address after the instruction."""
+        interrupts.deliver(self, vector, None, next_eip, software=software)
+
+    # -- control and debug registers ------------------------------------------------------------
+    def read_cr(self, n: int) -> int:
+        self.require_cpl0()
+        st = self.state
+        return {0: st.cr0, 2: st.cr2, 3: st.cr3, 4: st.cr4, 8: st.cr8}[n] & 0xFFFFFFFF
+
+    def write_cr(self, n: int, value: int) -> None:
+        self.require_cpl0()
+        st = self.state
+        value &= 0xFFFFFFFF
+        if n == 0:
+            self._write_cr0(value)
+        elif n == 2:
+            st.cr2 = value
+        elif n == 3:
+            st.cr3 = value
+            self.flush_tlb()
+        elif n == 4:
+            if value & ~_CR4_VALID:
+                raise CpuFault(B.EXC_GP, 0)
+            if st.efer & B.EFER_LMA and not value & B.CR4_PAE:
+                raise CpuFault(B.EXC_GP, 0)
+            st.cr4 = value
+            self.flush_tlb()
+        elif n == 8:
+            if value & ~0xF:
+                raise CpuFault(B.EXC_GP, 0)
+            st.cr8 = value
+        self.mode_changed()
+        self.stop = True
+
+    def _write_cr0(self, value: int) -> None:
+        st = self.state
+        if value & B.CR0_PG and not value & B.CR0_PE:
+            raise CpuFault(B.EXC_GP, 0)
+        if value & B.CR0_NW and not value & B.CR0_CD:
+            raise CpuFault(B.EXC_GP, 0)
+        old = st.cr0
+        efer = st.efer
+        if value & B.CR0_PG and not old & B.CR0_PG and efer & B.EFER_LME:
+            if not st.cr4 & B.CR4_PAE or st.seg[CS].l:
+                raise CpuFault(B.EXC_GP, 0)
+            efer |= B.EFER_LMA
+        elif not value & B.CR0_PG and old & B.CR0_PG and efer & B.EFER_LMA:
+            efer &= ~B.EFER_LMA
+        st.efer = efer
+        st.cr0 = value | B.CR0_ET
+        if (old ^ value) & (B.CR0_PG | B.CR0_PE | B.CR0_WP):
+            self.flush_tlb()
+
+    def lmsw(self, value: int) -> None:
+        """LMSW loads PE/MP/EM/TS; it can set PE but never clear it."""
+        self.require_cpl0()
+        cr0 = self.state.cr0
+        new = (cr0 & ~0xE) | (value & 0xF) | (cr0 & 1)
+        self.write_cr(0, new)
+
+    def read_dr(self, n: int) -> int:
+        self.require_cpl0()
+        return self.dr[self._dr_index(n)]
+
+    def write_dr(self, n: int, value: int) -> None:
+        self.require_cpl0()
+        self.dr[self._dr_index(n)] = value & 0xFFFFFFFF
+
+    def _dr_index(self, n: int) -> int:
+        if n in (4, 5):
+            if self.state.cr4 & B.CR4_DE:
+                raise CpuFault(B.EXC_UD)
+            return n + 2
+        return n
+
+    # -- descriptor tables --------------------------------------------------------------------
+    def load_dtr(self, which: str, seg: int, off: int, opsize: int) -> None:
+        self.require_cpl0()
+        limit = self.mmu.rd2(seg, off)
+        base = self.mmu.rdn(seg, (off + 2) & 0xFFFFFFFF, 4)
+        if opsize == 2:
+            base &= 0xFFFFFF
+        table = getattr(self.state, which)
+        table.base = base
+        table.limit = limit
+
+    def store_dtr(self, which: str, seg: int, off: int, opsize: int) -> None:
+        table = getattr(self.state, which)
+        base = table.base & (0xFFFFFF if opsize == 2 else 0xFFFFFFFF)
+        self.mmu.check_write(seg, off, 6)
+        self.mmu.wr2(seg, off, table.limit & 0xFFFF)
+        self.mmu.wrn(seg, (off + 2) & 0xFFFFFFFF, 4, base)
+
+    def lldt(self, selector: int) -> None:
+        if self.real:
+            raise CpuFault(B.EXC_UD)
+        self.require_cpl0()
+        st = self.state
+        if selector & 0xFFFC == 0:
+            st.seg[LDTR] = Segment(selector=selector, base=0, limit=0, type=2, present=0, dpl=0, db=0,
+                                   s=0, l=0, g=0, avl=0, unusable=1)
+            return
+        if selector & 4:
+            raise CpuFault(B.EXC_GP, selector & 0xFFFC)
+        raw, _ = segments.read_descriptor(self, selector)
+        d = D.decode_descriptor(raw)
+        if d.s or d.type != D.SYS_LDT:
+            raise CpuFault(B.EXC_GP, selector & 0xFFFC)
+        if not d.present:
+            raise CpuFault(B.EXC_NP, selector & 0xFFFC)
+        st.seg[LDTR] = Segment(selector=selector, base=d.base, limit=d.limit, type=d.type, present=1,
+                               dpl=d.dpl, db=d.db, s=0, l=0, g=d.g, avl=d.avl, unusable=0)
+
+    def ltr(self, selector: int) -> None:
+        if self.real:
+            raise CpuFault(B.EXC_UD)
+        self.require_cpl0()
+        st = self.state
+        if selector & 0xFFFC == 0:
+            raise CpuFault(B.EXC_GP, 0)
+        if selector & 4:
+            raise CpuFault(B.EXC_GP, selector & 0xFFFC)
+        raw, addr = segments.read_descriptor(self, selector)
+        d = D.decode_descriptor(raw)
+        if d.s or d.type not in (D.SYS_TSS16_AVAIL, D.SYS_TSS32_AVAIL):
+            raise CpuFault(B.EXC_GP, selector & 0xFFFC)
+        if not d.present:
+            raise CpuFault(B.EXC_NP, selector & 0xFFFC)
+        # Mark the TSS busy in the GDT (type bit 1, byte 5 bit 1).
+        self.mmu.lin_write(addr + 5, 1, (raw >> 40 & 0xFF) | 2, True)
+        st.seg[TR] = Segment(selector=selector, base=d.base, limit=d.limit, type=d.type | 2, present=1,
+                             dpl=d.dpl, db=d.db, s=0, l=0, g=d.g, avl=d.avl, unusable=0)
+
+    # -- MSRs, CPUID, TSC ---------------------------------------------------------------------
+    def rdmsr(self, index: int) -> int:
+        self.require_cpl0()
+        st = self.state
+        index &= 0xFFFFFFFF
+        if index == B.MSR_EFER:
+            return st.efer
+        if index == B.MSR_IA32_APIC_BASE:
+            return st.apic_base
+        if index == B.MSR_IA32_TSC:
+            return self.rdtsc()
+        if index == B.MSR_FS_BASE:
+            return st.seg[4].base
+        if index == B.MSR_GS_BASE:
+            return st.seg[5].base
+        if index in _PLAIN_MSRS or index in _READ_ONLY_MSRS:
+            return st.msrs.get(index, _MSR_DEFAULTS.get(index, 0))
+        raise CpuFault(B.EXC_GP, 0)
+
+    def wrmsr(self, index: int, value: int) -> None:
+        self.require_cpl0()
+        st = self.state
+        index &= 0xFFFFFFFF
+        if index == B.MSR_EFER:
+            self._write_efer(value)
+        elif index == B.MSR_IA32_APIC_BASE:
+            st.apic_base = value
+        elif index == B.MSR_IA32_TSC:
+            self.tsc_offset = value - time.monotonic_ns()
+        elif index in _PLAIN_MSRS:
+            if index in (B.MSR_FS_BASE, B.MSR_GS_BASE):
+                seg = st.seg[4 if index == B.MSR_FS_BASE else 5]
+                seg.base = value
+            if index == B.MSR_IA32_PAT and any((value >> (8 * i)) & 0xFF in (2, 3) or (value >> (8 * i)) & 0xF8
+                                               for i in range(8)):
+                raise CpuFault(B.EXC_GP, 0)
+            st.msrs[index] = value
+        else:
+            raise CpuFault(B.EXC_GP, 0)
+        self.mode_changed()
+        self.stop = True
+
+    def _write_efer(self, value: int) -> None:
+        st = self.state
+        if value & ~_EFER_VALID:
+            raise CpuFault(B.EXC_GP, 0)
+        if value & B.EFER_LME and not self.cpuid(0x80000001, 0)[3] & (1 << 29):
+            raise CpuFault(B.EXC_GP, 0)
+        if (value ^ st.efer) & B.EFER_LME and st.cr0 & B.CR0_PG:
+            raise CpuFault(B.EXC_GP, 0)
+        st.efer = (value & ~B.EFER_LMA) | (st.efer & B.EFER_LMA)
+        self.flush_tlb()
+
+    def rdtsc(self) -> int:
+        if self.state.cr4 & B.CR4_TSD and not self.real and self.state.cpl != 0:
+            raise CpuFault(B.EXC_GP, 0)
+        return (time.monotonic_ns() + self.tsc_offset) & 0xFFFFFFFFFFFFFFFF

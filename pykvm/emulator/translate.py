@@ -1,0 +1,181 @@
+"""Basic-block translation: guest bytes -> a list of instruction closures.
+
+A block starts at a linear address and runs until an instruction that ends it (a branch,
+anything that changes mode, CS, CPL or control registers), the end of the fetched bytes
+or ``MAX_BLOCK`` instructions. One iced ``Decoder`` is built per block. The block
+remembers the EIP of each instruction (for faults and partial execution) and the
+physical pages its bytes came from (for self-modifying-code invalidation).
+"""
+
+from __future__ import annotations
+
+import iced_x86 as X
+
+from pykvm.emulator import codegen
+from pykvm.emulator.codegen import Gen, Invalid, TranslateContext, Unsupported
+from pykvm.emulator.faults import CpuFault
+from pykvm.emulator.handlers import HANDLERS
+from pykvm.errors import EmulationError
+from pykvm.x86.bits import EXC_GP, EXC_UD
+
+MAX_BLOCK = 64
+_FORMATTER = X.Formatter(X.FormatterSyntax.INTEL)
+
+
+class Block:
+    """A translated run of instructions.
+
+    ``fns`` are the closures of all but the last instruction (they return nothing);
+    ``term`` is the last one and returns the next EIP. ``eips[i]`` is the EIP of
+    instruction ``i`` and ``eips[n]`` the EIP after the block when it falls through.
+    """
+
+    __slots__ = ("fns", "term", "eips", "n", "valid", "key", "cache", "eip", "pages")
+
+    def __init__(self, fns, term, eips, eip, pages):
+        self.fns = fns
+        self.term = term
+        self.eips = eips
+        self.n = len(fns) + 1
+        self.valid = True
+        self.key = None
+        self.cache = None
+        self.eip = eip
+        self.pages = pages
+
+
+def _raiser(exc_factory):
+    def f():
+        raise exc_factory()
+    return f
+
+
+def describe(ins) -> str:
+    return _FORMATTER.format(ins)
+
+
+def fetch_code(emu, lin: int, eip: int):
+    """Bytes available for decoding at ``lin``: the rest of its page plus up to 15 bytes of the next.
+
+    Returns (data, pages, cacheable, deferred_fault): ``deferred_fault`` is the fault to raise
+    if an instruction actually needs bytes that could not be fetched (next page absent or
+    beyond the CS limit).
+    """
+    mmu = emu.mmu
+    mem = emu.memory
+    cs_limit = emu.state.seg[1].limit
+    avail = cs_limit - eip + 1 if eip <= cs_limit else 0
+    if avail <= 0:
+        return b"", [], False, CpuFault(EXC_GP, 0)
+    phys = mmu.fetch_page(lin)
+    room = 0x1000 - (lin & 0xFFF)
+    take = min(room, avail)
+    data, cacheable = _read_phys(emu, phys, take)
+    pages = [phys >> 12]
+    deferred = None
+    if take == room and avail > room:
+        try:
+            phys2 = mmu.fetch_page((lin + room) & 0xFFFFFFFF)
+        except CpuFault as e:
+            deferred = e
+        else:
+            more, ok2 = _read_phys(emu, phys2, min(15, avail - room))
+            data += more
+            cacheable = cacheable and ok2
+            pages.append(phys2 >> 12)
+    elif take < room:
+        deferred = CpuFault(EXC_GP, 0)
+    return data, pages, cacheable, deferred
+
+
+def _read_phys(emu, phys: int, n: int):
+    mem = emu.memory
+    off = phys - mem.base
+    if 0 <= off and off + n <= mem.size:
+        return bytes(mem.view[off:off + n]), True
+    # Code outside RAM (a ROM device on the MMIO bus): read it, but never cache it.
+    n = min(n, 64)
+    return bytes(emu.bus.mmio_read(phys + i, 1) & 0xFF for i in range(n)), False
+
+
+def translate_block(emu, lin: int, eip: int) -> tuple[Block, bool]:
+    """Translate the block at linear ``lin`` (EIP ``eip``) for the current mode."""
+    bitness = emu.bitness
+    ctx = TranslateContext(emu, bitness, emu.stack32, emu.real)
+    try:
+        data, pages, cacheable, deferred = fetch_code(emu, lin, eip)
+    except CpuFault as e:
+        fault = e
+        return Block([], _raiser(lambda: fault), [eip, eip], eip, []), False
+    decoder = X.Decoder(bitness, data, ip=eip)
+    ins = X.Instruction()
+    fns = []
+    eips = []
+    used_second_page = False
+    first_page_room = 0x1000 - (lin & 0xFFF)
+    term = None
+    end = 0
+    emask = 0xFFFFFFFF if bitness == 32 else 0xFFFF
+    while True:
+        if decoder.position >= len(data):
+            break
+        here = ins_eip = (eip + decoder.position) & emask
+        decoder.decode_out(ins)
+        if ins.code == X.Code.INVALID:
+            if decoder.last_error == X.DecoderError.NO_MORE_BYTES:
+                if fns or eips:
+                    break
+                fault = deferred or CpuFault(EXC_GP, 0)
+                eips.append(here)
+                term = _raiser(lambda: fault)
+                break
+            eips.append(here)
+            term = _raiser(lambda: CpuFault(EXC_UD))
+            break
+        start = decoder.position - ins.len
+        end = decoder.position
+        if end > first_page_room:
+            used_second_page = True
+        eips.append(ins_eip)
+        g = Gen(ctx, ins, ins_eip)
+        try:
+            handler = HANDLERS.get(ins.mnemonic)
+            if handler is None:
+                raise Unsupported("instruction not implemented")
+            fn = handler(g)
+            if fn is None:
+                fn = g.build(emu)
+        except Invalid:
+            term = _raiser(lambda: CpuFault(EXC_UD))
+            break
+        except Unsupported as e:
+            msg = f"cannot emulate {codegen.MNEMONIC_NAMES.get(ins.mnemonic, '?').lower()}: {e}"
+            err = EmulationError(msg, rip=(emu.mmu.sbase[1] + ins_eip) & 0xFFFFFFFF,
+                                 code=data[start:decoder.position], mnemonic=describe(ins))
+            term = _raiser(lambda: err)
+            break
+        if g.terminal:
+            term = fn
+            break
+        fns.append(fn)
+        if len(fns) >= MAX_BLOCK:
+            break
+    if term is None:
+        if not fns:
+            fault = deferred or CpuFault(EXC_GP, 0)
+            eips.append(eip)
+            term = _raiser(lambda: fault)
+        else:
+            # Fell through: the last instruction becomes the terminal one.
+            last = fns.pop()
+            nxt = (eip + end) & emask
+            eips.append(nxt)
+
+            def term(last=last, nxt=nxt):
+                last()
+                return nxt
+    else:
+        eips.append((eip + end) & emask)
+    if not used_second_page:
+        pages = pages[:1]
+    return Block(fns, term, eips, eip, pages), cacheable

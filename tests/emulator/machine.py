@@ -1,0 +1,65 @@
+"""Small fixtures: guest RAM + bus + CPU state in real mode or flat 32-bit protected mode."""
+
+from __future__ import annotations
+
+from pykvm.devices.bus import Bus
+from pykvm.emulator import Emulator
+from pykvm.emulator.state import CS, CpuState, Segment
+from pykvm.memory import GuestMemory
+from pykvm.x86.bits import CR0_ET, CR0_PE
+
+
+class Recorder:
+    """A port device that records writes and answers reads from a queue / constant."""
+
+    def __init__(self, read_value: int = 0):
+        self.writes: list[tuple[int, int, int]] = []
+        self.read_value = read_value
+
+    def read(self, offset, size):
+        return self.read_value & ((1 << 8 * size) - 1)
+
+    def write(self, offset, size, value):
+        self.writes.append((offset, size, value))
+
+
+def flat_segment(code: bool, selector: int, dpl: int = 0, db: int = 1) -> Segment:
+    return Segment(selector=selector, base=0, limit=0xFFFFFFFF, type=0xB if code else 0x3, present=1,
+                   dpl=dpl, db=db, s=1, l=0, g=1, avl=0, unusable=0)
+
+
+def real_mode(code: bytes, org: int = 0x7C00, mem_size: int = 1 << 20, sp: int = 0x7000):
+    mem = GuestMemory(mem_size)
+    mem.write(org, code)
+    st = CpuState()
+    for i in range(6):
+        st.seg[i] = Segment(selector=0, base=0, limit=0xFFFF, type=3 if i != CS else 0xB)
+    st.rip = org
+    st.gpr[4] = sp
+    bus = Bus()
+    return Emulator(st, mem, bus), mem, bus
+
+
+def protected_mode(code: bytes, org: int = 0x100000, mem_size: int = 4 << 20, sp: int = 0x90000):
+    mem = GuestMemory(mem_size)
+    mem.write(org, code)
+    st = CpuState()
+    st.cr0 = CR0_PE | CR0_ET
+    for i in range(6):
+        st.seg[i] = flat_segment(i == CS, 0x08 if i == CS else 0x10)
+    st.gdt.base = 0
+    st.gdt.limit = 0xFFFF
+    st.rip = org
+    st.gpr[4] = sp
+    bus = Bus()
+    return Emulator(st, mem, bus), mem, bus
+
+
+def run_until_halt(emu, limit: int = 1_000_000) -> int:
+    total = 0
+    while not emu.state.halted and total < limit:
+        n = emu.run(limit - total)
+        total += n
+        if n == 0:
+            break
+    return total
