@@ -335,11 +335,18 @@ class Machine:
 
     def _step_kvm(self) -> int | None:
         # Single-stepping HLT under PVM reports a debug exit *after* the HLT and never the halt
-        # itself (measured on these hosts), so a HLT is run without the trap flag: KVM then
-        # reports KVM_EXIT_HLT, exactly as in a normal run.
+        # itself, and a HLT entered right after a single step can be skipped altogether
+        # (both measured on these hosts). So a step onto HLT is done here: RIP moves past it
+        # and the halt is handled as KVM_EXIT_HLT would be.
         from pykvm.debug.disasm import read_code
 
-        self._set_single_step(read_code(self.memory, self.current_state(), 1) != b"\xf4")
+        state = self.current_state()
+        if read_code(self.memory, state, 1) == b"\xf4":
+            regs = self.vcpu.get_regs()
+            regs.rip += 1
+            self.vcpu.set_regs(regs)
+            return self._halted(regs.rflags, "KVM")
+        self._set_single_step(True)
         while True:
             status = self._run_kvm()
             if status == STEPPED:

@@ -59,7 +59,13 @@ class Exit:
     def describe(self) -> str:
         return self.reason.name.lower()
 
+    def detach(self) -> None:
+        """Called when the vCPU closes: the record must never read the unmapped kvm_run again."""
+        self._run = None
+
     def __repr__(self) -> str:
+        if self._run is None:
+            return f"<{type(self).__name__} (vCPU closed)>"
         return f"<{type(self).__name__} {self.describe()}>"
 
 

@@ -173,6 +173,8 @@ class Vcpu:
     def close(self) -> None:
         if self.fd < 0:
             return
+        for record in {*self._exits, self._unsupported}:
+            record.detach()
         self._exits, self._unsupported = [], None
         ffi.release(self.kvm_run)       # drop cffi's export of the mapping
         self.kvm_run = None

@@ -109,3 +109,15 @@ def test_device_without_permission_is_a_host_error(monkeypatch):
     monkeypatch.setattr(os, "open", denied)
     with pytest.raises(HostError, match="no permission to open /dev/kvm"):
         Kvm()
+
+
+def test_exit_records_are_safe_after_the_vcpu_closes():
+    """A record kept past close (a traceback's locals, a log) must not read the unmapped kvm_run."""
+    with Kvm() as kvm, kvm.create_vm() as vm:
+        vm.create_memory(1 << 20)
+        vcpu = vm.create_vcpu()
+        record = vcpu.exit_record(2)
+        vcpu.close()
+        assert "closed" in repr(record)
+        with pytest.raises(AttributeError):
+            record.port
