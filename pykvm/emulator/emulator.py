@@ -9,6 +9,7 @@ right after it. Faults raised by instructions are delivered through the IVT/IDT 
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import iced_x86 as X
@@ -18,12 +19,25 @@ from pykvm.emulator.cpuid import default_cpuid
 from pykvm.emulator.faults import CpuFault
 from pykvm.emulator.flags import ARITH, arith
 from pykvm.emulator.interrupts import deliver_exception
-from pykvm.emulator.mmu import Mmu
+from pykvm.emulator.mmu import Mmu, line_mask
 from pykvm.emulator.state import CS, SS, CpuState
 from pykvm.emulator.system import SystemOps
 from pykvm.emulator.translate import translate_block
 from pykvm.errors import EmulationError, GuestShutdownError
 from pykvm.x86.bits import CR0_PE, CR0_PG, CR0_WP, EFER_LMA, FLAG_VM
+
+_OWN_CODE = (os.path.join("pykvm", "emulator", ""), os.path.join("pykvm", "x86", ""), "<x86-template>")
+
+
+def _raised_by_emulator(exc: BaseException) -> bool:
+    """True when the innermost frame of ``exc`` is emulator code (not a device on the bus)."""
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return last is None or any(part in last for part in _OWN_CODE)
+
 
 CpuidFn = Callable[[int, int], "tuple[int, int, int, int]"]
 
@@ -32,7 +46,7 @@ class Emulator(SystemOps):
     """Userspace x86 emulator for non-PVM mode (real mode, 16/32-bit protected mode)."""
 
     def __init__(self, state: CpuState, memory, bus, cpuid: CpuidFn | None = None):
-        self.state = state
+        self._state = state
         self.memory = memory
         self.bus = bus
         self.cpuid = cpuid or default_cpuid
@@ -53,6 +67,19 @@ class Emulator(SystemOps):
         self.real = True
         self.lma = False
         self.mode_changed()
+
+    @property
+    def state(self) -> CpuState:
+        return self._state
+
+    @state.setter
+    def state(self, state: CpuState) -> None:
+        """Adopt a new state object (the machine rebuilds it after KVM ran): relink everything."""
+        self._state = state
+        self.mmu.state = state
+        self.flush_blocks()
+        self._paging_ctl = self._ctl = None
+        self._sync_in()
 
     # -- flags ------------------------------------------------------------------------------
     def get_flags(self) -> int:
@@ -101,6 +128,7 @@ class Emulator(SystemOps):
                 blk.valid = False
             cache.clear()
         self.mmu.code_pages.clear()
+        self.mmu.code_lines.clear()
 
     def flush_tlb(self) -> None:
         """TLB flush (CR3 write, INVLPG): blocks are keyed by linear address, so they go too."""
@@ -112,15 +140,41 @@ class Emulator(SystemOps):
         self.flush_blocks()
         self.mmu.flush_tlb()
 
-    def _on_code_write(self, page: int) -> None:
-        """A store hit a physical page holding translated code: drop those blocks."""
-        blocks = self.mmu.code_pages.pop(page, ())
-        for blk in blocks:
-            if blk.valid:
-                blk.valid = False
-                blk.fns.clear()
-                if blk.cache.get(blk.key) is blk:
-                    del blk.cache[blk.key]
+    def _on_code_write(self, page: int, offset: int = 0, size: int = 0x1000) -> None:
+        """A store hit bytes [offset, offset+size) of a physical page with translated code:
+        drop the blocks made from those bytes and recompute the page's code-line bitmap."""
+        mmu = self.mmu
+        blocks = mmu.code_pages.get(page)
+        if not blocks:
+            return
+        end = offset + size
+        for blk in [b for b in blocks
+                    if any(p == page and s < end and offset < e for p, s, e in b.ranges)]:
+            blk.valid = False
+            blk.fns.clear()
+            if blk.cache is not None and blk.cache.get(blk.key) is blk:
+                del blk.cache[blk.key]
+            for p in blk.pages:
+                users = mmu.code_pages.get(p)
+                if users is not None:
+                    users.discard(blk)
+                    if p != page:
+                        self._recompute_lines(p)
+        self._recompute_lines(page)
+
+    def _recompute_lines(self, page: int) -> None:
+        mmu = self.mmu
+        users = mmu.code_pages.get(page)
+        if not users:
+            mmu.code_pages.pop(page, None)
+            mmu.code_lines.pop(page, None)
+            return
+        lines = 0
+        for blk in users:
+            for p, s, e in blk.ranges:
+                if p == page:
+                    lines |= line_mask(s, max(e - s, 1))
+        mmu.code_lines[page] = lines
 
     def linear_rip(self) -> int:
         return (self.state.seg[CS].base + self.state.rip) & 0xFFFFFFFF
@@ -145,14 +199,16 @@ class Emulator(SystemOps):
             blk.key = lin
             blk.cache = self.cache
             self.cache[lin] = blk
-            code_pages = self.mmu.code_pages
-            for page in blk.pages:
+            mmu = self.mmu
+            code_pages = mmu.code_pages
+            for page, start, end in blk.ranges:
                 users = code_pages.get(page)
                 if users is None:
                     users = code_pages[page] = set()
-                    # Writes to this page must now take the slow path (which invalidates).
-                    self.mmu.wtlb.clear()
+                    # Writes to this page must now take the slow path (which checks for code).
+                    mmu.wtlb.clear()
                 users.add(blk)
+                mmu.code_lines[page] = mmu.code_lines.get(page, 0) | line_mask(start, max(end - start, 1))
         return blk
 
     # -- execution --------------------------------------------------------------------------
@@ -230,9 +286,12 @@ class Emulator(SystemOps):
             raise self._emulation_error(str(e)) from None
         except (EmulationError, GuestShutdownError):
             raise
-        except Exception as e:  # a bug in the emulator: report it with the instruction
+        except Exception as e:
             if blk is not None and 0 <= i < len(blk.eips):
                 st.rip = blk.eips[i]
+            if not _raised_by_emulator(e):
+                raise          # a device's exception (e.g. the debug-exit port) passes through
+            # A bug in the emulator: report it with the instruction rather than a bare traceback.
             raise self._emulation_error(f"internal emulator error {type(e).__name__}: {e}") from e
         finally:
             st.rflags = self.get_flags()

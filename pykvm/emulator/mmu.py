@@ -8,8 +8,10 @@ is allocated. Everything else (limit/type faults, TLB misses, page walks, access
 cross a page, MMIO, writes to pages holding translated code) takes the slow path.
 
 The TLBs only ever hold RAM pages; the write TLB never holds a page that has translated
-code on it, so a store into code always reaches the slow path, which tells the emulator
-to drop the stale blocks (self-modifying code stays correct).
+code on it, so a store into such a page always reaches the slow path. There, a second
+small TLB (``cwtlb``) and a per-page bitmap of 64-byte lines holding code decide quickly
+whether the store really hits code (then the emulator drops the stale blocks:
+self-modifying code stays correct) or only data sharing the page (then it is just done).
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ from pykvm.x86.bits import CR0_PE, CR0_PG, EXC_GP, EXC_PF, EXC_SS
 _S16 = struct.Struct("<H")
 _S32 = struct.Struct("<I")
 _S64 = struct.Struct("<Q")
+
+
+def line_mask(offset: int, size: int) -> int:
+    """Bitmap of the 64-byte lines of a page that bytes [offset, offset+size) touch."""
+    first = offset >> 6
+    last = (offset + size - 1) >> 6
+    if last > 63:
+        last = 63
+    return ((1 << (last - first + 1)) - 1) << first
 
 
 class PhysAccessor:
@@ -79,7 +90,9 @@ class Mmu:
         self.whi = [0xFFFF] * 6
         self.rtlb: dict[int, int] = {}
         self.wtlb: dict[int, int] = {}
-        self.code_pages: dict[int, set] = {}   # physical page number -> keys of blocks translated from it
+        self.code_pages: dict[int, set] = {}   # physical page number -> blocks translated from it
+        self.code_lines: dict[int, int] = {}   # physical page number -> bitmap of 64-byte lines with code
+        self.cwtlb: dict[int, tuple[int, int]] = {}   # linear page -> (RAM offset, physical page) of code pages
         self.paging = False
         self.user = False
         self._build()
@@ -88,6 +101,7 @@ class Mmu:
     def flush_tlb(self) -> None:
         self.rtlb.clear()
         self.wtlb.clear()
+        self.cwtlb.clear()
 
     def configure(self) -> None:
         """Re-read CR0/CPL after a mode change; flushes the TLBs."""
@@ -132,6 +146,9 @@ class Mmu:
         wget = self.wtlb.get
         rtlb, wtlb = self.rtlb, self.wtlb
         code_pages = self.code_pages
+        code_lines = self.code_lines
+        cwtlb = self.cwtlb
+        cwget = cwtlb.get
         u16, u32 = _S16.unpack_from, _S32.unpack_from
         p16, p32 = _S16.pack_into, _S32.pack_into
         translate = self.translate
@@ -173,10 +190,13 @@ class Mmu:
                 off = pa - ram_base
                 page = pa >> 12
                 if page in code_pages:
-                    mmu.on_code_write(page)
-                view[off:off + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
-                if page not in code_pages and (not system or not mmu.user):
+                    if code_lines.get(page, 0) & line_mask(o, size):
+                        mmu.on_code_write(page, o, size)
+                    if not system or not mmu.user:
+                        cwtlb[lin >> 12] = (off - o, page)
+                elif not system or not mmu.user:
                     wtlb[lin >> 12] = off - o
+                view[off:off + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
                 return
             bus.mmio_write(pa, size, value)
 
@@ -189,8 +209,8 @@ class Mmu:
         def _phys_write(pa, size, value):
             if ram_base <= pa and pa + size <= ram_end:
                 page = pa >> 12
-                if page in code_pages:
-                    mmu.on_code_write(page)
+                if page in code_pages and code_lines.get(page, 0) & line_mask(pa & 0xFFF, size):
+                    mmu.on_code_write(page, pa & 0xFFF, size)
                 view[pa - ram_base:pa - ram_base + size] = value.to_bytes(size, "little")
             elif size in (1, 2, 4, 8):
                 bus.mmio_write(pa, size, value)
@@ -207,7 +227,18 @@ class Mmu:
         def wr_slow(s, off, size, value):
             if off < slo[s] or off + size - 1 > whi[s]:
                 raise mmu.seg_fault(s, off, size, True)
-            lin_write((sbase[s] + off) & 0xFFFFFFFF, size, value)
+            lin = (sbase[s] + off) & 0xFFFFFFFF
+            o = lin & 0xFFF
+            if o + size <= 0x1000:
+                e = cwget(lin >> 12)
+                if e is not None:
+                    # A page shared by code and data: only a store into a code line invalidates.
+                    page = e[1]
+                    if code_lines.get(page, 0) & line_mask(o, size):
+                        mmu.on_code_write(page, o, size)
+                    view[e[0] + o:e[0] + o + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+                    return
+            lin_write(lin, size, value)
 
         def rd1(s, off):
             if slo[s] <= off <= rhi[s]:

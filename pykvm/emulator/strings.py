@@ -102,9 +102,18 @@ def _ram_offset(emu, lin: int, write: bool):
     off = pa - mem.base
     if not 0 <= off < mem.size:
         return None
-    if write and (pa >> 12) in mmu.code_pages:
-        mmu.on_code_write(pa >> 12)
     return off
+
+
+def _code_check(emu, ram_off: int, nbytes: int) -> None:
+    """Drop translated blocks that a bulk store over [ram_off, ram_off+nbytes) overwrites."""
+    mmu = emu.mmu
+    pa = ram_off + emu.memory.base
+    page = pa >> 12
+    if page in mmu.code_pages:
+        from pykvm.emulator.mmu import line_mask
+        if mmu.code_lines.get(page, 0) & line_mask(pa & 0xFFF, nbytes):
+            mmu.on_code_write(page, pa & 0xFFF, nbytes)
 
 
 def _room(emu, seg: int, ptr: int, size: int, amask: int, back: bool, write: bool) -> tuple[int, int]:
@@ -146,6 +155,7 @@ def _bulk(emu, op: int, size: int, amask: int, seg: int, count: int) -> int:
             return count
         nbytes = n * size
         dstart = doff - (nbytes - size if back else 0)
+        _code_check(emu, dstart, nbytes)
         if op == STOS:
             view[dstart:dstart + nbytes] = pattern * n
         else:

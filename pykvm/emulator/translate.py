@@ -30,9 +30,9 @@ class Block:
     instruction ``i`` and ``eips[n]`` the EIP after the block when it falls through.
     """
 
-    __slots__ = ("fns", "term", "eips", "n", "valid", "key", "cache", "eip", "pages")
+    __slots__ = ("fns", "term", "eips", "n", "valid", "key", "cache", "eip", "pages", "ranges")
 
-    def __init__(self, fns, term, eips, eip, pages):
+    def __init__(self, fns, term, eips, eip, pages, ranges=()):
         self.fns = fns
         self.term = term
         self.eips = eips
@@ -42,6 +42,7 @@ class Block:
         self.cache = None
         self.eip = eip
         self.pages = pages
+        self.ranges = ranges   # (physical page, first offset, end offset) of the block's bytes
 
 
 def _raiser(exc_factory):
@@ -178,4 +179,10 @@ def translate_block(emu, lin: int, eip: int) -> tuple[Block, bool]:
         eips.append((eip + end) & emask)
     if not used_second_page:
         pages = pages[:1]
-    return Block(fns, term, eips, eip, pages), cacheable
+    ranges = []
+    if pages:
+        first = lin & 0xFFF
+        ranges.append((pages[0], first, min(0x1000, first + end) if end else first + 1))
+        if len(pages) > 1:
+            ranges.append((pages[1], 0, end - first_page_room))
+    return Block(fns, term, eips, eip, pages, ranges), cacheable
