@@ -11,7 +11,8 @@ keeps two outputs per guest:
 
 Builds are incremental: a guest is rebuilt only when an output is missing or older
 than one of its inputs (sources, the headers they include -- taken from the
-compiler's own dependency files -- and the linker script).  Outputs are written to
+compiler's own dependency files --, the linker script, and this script, which
+holds the recipes and compiler flags).  Outputs are written to
 temporary names and renamed into place, so concurrent builds (several pytest
 processes, the CLI) never see a half-written image.
 
@@ -187,6 +188,9 @@ def _is_fresh(r: Recipe, src: Path, out: Path) -> bool:
     except OSError:
         return False
     if not deps:
+        return False
+    # This script holds the recipes and flags: editing it rebuilds everything.
+    if Path(__file__).stat().st_mtime_ns > built:
         return False
     for dep in deps:
         try:
