@@ -34,6 +34,7 @@ import struct
 
 from pykvm.emulator.state import CS, DS, ES, FS, GPR_NAMES, GS, RSP, SS, CpuState, DescriptorTable, Segment
 from pykvm.errors import BadInputError
+from pykvm.x86 import descriptors as D
 from pykvm.x86.bits import (CR0_AM, CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_PAE,
                             EFER_LMA, EFER_LME, EFER_SCE, FLAG_FIXED)
 
@@ -63,20 +64,10 @@ SEL_CODE64 = 0x18
 SEL_CODE16 = 0x20
 SEL_DATA16 = 0x28
 
-# -- descriptor bits ---------------------------------------------------------------------
-# access byte: P | DPL(2) | S | type(4)
-ACC_ACCESSED = 0x01
-ACC_RW = 0x02                  # readable code / writable data
-ACC_EXEC = 0x08
-ACC_S = 0x10                   # code or data (not a system descriptor)
-ACC_PRESENT = 0x80
-ACC_CODE = ACC_PRESENT | ACC_S | ACC_EXEC | ACC_RW | ACC_ACCESSED   # 0x9b
-ACC_DATA = ACC_PRESENT | ACC_S | ACC_RW | ACC_ACCESSED              # 0x93
-# flags nibble: G | D/B | L | AVL
-FLAG_AVL = 0x1
-FLAG_L = 0x2
-FLAG_DB = 0x4
-FLAG_G = 0x8
+# Loader descriptors are stored with the accessed bit set, so a guest reloading a selector
+# never makes the CPU write to the GDT.
+_CODE = D.TYPE_CODE | D.TYPE_CODE_READABLE | D.TYPE_ACCESSED   # 0xb
+_DATA = D.TYPE_DATA_WRITABLE | D.TYPE_ACCESSED                 # 0x3
 
 # -- paging ------------------------------------------------------------------------------
 PTE_PRESENT = 0x1
@@ -93,44 +84,15 @@ LONG_CR4 = CR4_PAE
 LONG_EFER = EFER_LME | EFER_LMA | EFER_SCE
 
 
-def encode_descriptor(base: int, limit: int, access: int, flags: int) -> int:
-    """Pack a legacy 8-byte segment descriptor (Intel SDM vol. 3, 3.4.5).
-
-    ``limit`` is the raw 20-bit field (in 4 KiB units when ``flags`` has G);
-    ``access`` is the byte P|DPL|S|type, ``flags`` the nibble G|D/B|L|AVL.
-    """
-    if not 0 <= base <= 0xFFFFFFFF:
-        raise ValueError(f"descriptor base {base:#x} does not fit in 32 bits")
-    if not 0 <= limit <= 0xFFFFF:
-        raise ValueError(f"descriptor limit {limit:#x} does not fit in 20 bits")
-    if not 0 <= access <= 0xFF or not 0 <= flags <= 0xF:
-        raise ValueError(f"bad descriptor access {access:#x} / flags {flags:#x}")
-    return ((limit & 0xFFFF)
-            | (base & 0xFFFFFF) << 16
-            | access << 40
-            | (limit >> 16) << 48
-            | flags << 52
-            | (base >> 24) << 56)
-
-
-def decode_descriptor(descriptor: int) -> tuple[int, int, int, int]:
-    """Inverse of ``encode_descriptor``: (base, raw 20-bit limit, access byte, flags nibble)."""
-    base = ((descriptor >> 16) & 0xFFFFFF) | ((descriptor >> 56) & 0xFF) << 24
-    limit = (descriptor & 0xFFFF) | ((descriptor >> 48) & 0xF) << 16
-    access = (descriptor >> 40) & 0xFF
-    flags = (descriptor >> 52) & 0xF
-    return base, limit, access, flags
-
-
 def gdt_entries() -> list[int]:
     """The loader GDT, indexed by selector >> 3 (see the module docstring)."""
     return [
         0,                                                            # 0x00 null
-        encode_descriptor(0, 0xFFFFF, ACC_CODE, FLAG_G | FLAG_DB),    # 0x08 code32
-        encode_descriptor(0, 0xFFFFF, ACC_DATA, FLAG_G | FLAG_DB),    # 0x10 data32
-        encode_descriptor(0, 0xFFFFF, ACC_CODE, FLAG_G | FLAG_L),     # 0x18 code64
-        encode_descriptor(0, 0xFFFF, ACC_CODE, 0),                    # 0x20 code16
-        encode_descriptor(0, 0xFFFF, ACC_DATA, 0),                    # 0x28 data16
+        D.encode_descriptor(0, 0xFFFFF, _CODE, db=1, g=1),    # 0x08 code32
+        D.encode_descriptor(0, 0xFFFFF, _DATA, db=1, g=1),    # 0x10 data32
+        D.encode_descriptor(0, 0xFFFFF, _CODE, l=1, g=1),     # 0x18 code64
+        D.encode_descriptor(0, 0xFFFF, _CODE),                # 0x20 code16
+        D.encode_descriptor(0, 0xFFFF, _DATA),                # 0x28 data16
     ]
 
 
@@ -149,14 +111,9 @@ def segment_from_descriptor(selector: int, descriptor: int) -> Segment:
     The limit is expanded to bytes when G is set, as ``kvm_segment.limit`` holds it.
     A not-present descriptor (including the null one) gives an unusable segment.
     """
-    base, limit, access, flags = decode_descriptor(descriptor)
-    g = (flags >> 3) & 1
-    if g:
-        limit = (limit << 12) | 0xFFF
-    present = (access >> 7) & 1
-    return Segment(selector=selector, base=base, limit=limit, type=access & 0xF, present=present,
-                   dpl=(access >> 5) & 3, db=(flags >> 2) & 1, s=(access >> 4) & 1,
-                   l=(flags >> 1) & 1, g=g, avl=flags & 1, unusable=0 if present else 1)
+    d = D.decode_descriptor(descriptor)
+    return Segment(selector=selector, base=d.base, limit=d.limit, type=d.type, present=d.present,
+                   dpl=d.dpl, db=d.db, s=d.s, l=d.l, g=d.g, avl=d.avl, unusable=0 if d.present else 1)
 
 
 def gdt_segment(selector: int) -> Segment:
@@ -318,7 +275,7 @@ def initial_state(mode: str, entry: int, stack: int | None = None,
 
 
 __all__ = [
-    "encode_descriptor", "decode_descriptor", "gdt_entries", "build_gdt", "segment_from_descriptor",
+    "gdt_entries", "build_gdt", "segment_from_descriptor",
     "gdt_segment", "real_mode_segment", "identity_page_tables", "boot_memory", "prepare_memory",
     "initial_state", "reserved_end", "default_load_addr", "MODES",
 ]
