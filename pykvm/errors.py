@@ -75,11 +75,5 @@ class InterruptedByUser(PykvmError):
     exit_code = 130
 
 
-class GuestAssertionError(PykvmError):
-    """A self-checking guest reported a failed assertion (file and line in the message)."""
-
-    exit_code = 12
-
-
 #: Exit status for a bug in pykvm itself (an unexpected exception): reported in one line too.
 INTERNAL_BUG_EXIT = 14
