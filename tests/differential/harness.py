@@ -31,7 +31,7 @@ import pytest
 
 from pykvm import pvm
 from pykvm.emulator.state import CS, GPR_NAMES, SEGMENT_NAMES, CpuState, Segment
-from pykvm.errors import GuestShutdownError
+from pykvm.errors import EmulationError, GuestShutdownError, GuestTimeoutError
 from pykvm.x86 import boot
 from pykvm.x86.bits import FLAG_FIXED
 
@@ -40,7 +40,7 @@ REAL_CODE = 0x7C00
 PROTECTED_CODE = 0x10000
 DATA = 0x9000                 # scratch data both modes reach with DS = 0 / flat DS
 MAX_INSTRUCTIONS = 200_000    # a snippet that runs longer than this is a runaway
-KERNEL_TIMEOUT = 10.0
+KERNEL_TIMEOUT = 2.0
 HLT = 0xF4
 
 # The scratch I/O device's ports (free on the Machine's bus: COM1 is 0x3f8, debug-exit 0xf4).
@@ -198,6 +198,12 @@ def run_kernel(snippet: Snippet) -> Snapshot:
             outcome = "halted"
         except GuestShutdownError:
             outcome = "shutdown"
+        except GuestTimeoutError:
+            outcome = "kernel timeout"
+        except EmulationError as e:
+            # Caught here, while the vCPU is open: the traceback's frames hold exit records
+            # that point into the mmap'd kvm_run, which must not be touched after close.
+            outcome = f"kernel emulation error: {e}"
         return snapshot(machine.current_state(), machine.memory, outcome, ports.log)
 
 
@@ -343,6 +349,6 @@ def check_kernel(snippet: Snippet, ignore: Ignore = Ignore()) -> Snapshot:
     """Run ``snippet`` on both the kernel and the userspace emulator, assert they agree, and
     return the kernel's snapshot (for the test's own sanity checks of what was computed)."""
     kernel = run_kernel(snippet)
-    assert kernel.outcome == "halted", f"the kernel did not reach hlt ({kernel.outcome})"
+    assert kernel.outcome == "halted", f"the kernel did not reach hlt ({kernel.outcome}, rip={kernel.rip:#x})"
     assert_same(kernel, run_userspace(snippet), ignore)
     return kernel
