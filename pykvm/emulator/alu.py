@@ -237,12 +237,12 @@ def aaa(ax, lf, sub):
     """AAA (sub=False) / AAS (sub=True) on AX."""
     f = arith(lf)
     if (ax & 0xF) > 9 or f & AF:
+        # SDM: AAA does AX += 106h (the +6 may carry into AH); AAS does AX -= 6, AH -= 1.
         if sub:
-            al = (ax - 6) & 0xFF
-            ah = ((ax >> 8) - 1) & 0xFF
+            ax = (ax - 6) & 0xFFFF
+            ax = (ax - 0x100) & 0xFFFF
         else:
-            al = (ax + 6) & 0xFF
-            ah = ((ax >> 8) + 1) & 0xFF
-        ax = (ah << 8) | (al & 0xF)
+            ax = (ax + 0x106) & 0xFFFF
+        ax &= 0xFF0F
         return ax, (KNOWN, 0, 0, (f & ~(CF | AF)) | CF | AF)
     return ax & 0xFF0F, (KNOWN, 0, 0, f & ~(CF | AF))
