@@ -105,7 +105,10 @@ class Snippet:
 
     def initial_state(self) -> CpuState:
         mode = "real" if self.bits == 16 else "protected"
-        state = boot.initial_state(mode, self.code_address, registers=self.regs)
+        # Registers are 32 bits wide outside long mode (the SDM leaves the upper halves
+        # undefined there), so initial values are given as 32-bit quantities.
+        regs = {name: value & 0xFFFFFFFF for name, value in self.regs.items()}
+        state = boot.initial_state(mode, self.code_address, registers=regs)
         state.rflags = self.rflags | FLAG_FIXED
         if self.setup is not None:
             self.setup(state)
