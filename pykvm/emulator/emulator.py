@@ -284,7 +284,11 @@ class Emulator(SystemOps):
             if blk is not None and 0 <= i < len(blk.eips):
                 st.rip = blk.eips[i]
             raise self._emulation_error(str(e)) from None
-        except (EmulationError, GuestShutdownError):
+        except EmulationError:
+            if blk is not None and 0 <= i < len(blk.eips):
+                st.rip = blk.eips[i]
+            raise
+        except GuestShutdownError:
             raise
         except Exception as e:
             if blk is not None and 0 <= i < len(blk.eips):

@@ -12,9 +12,11 @@ HAVE_AS = shutil.which("as") is not None and shutil.which("ld") is not None
 
 
 @functools.lru_cache(maxsize=None)
-def assemble(source: str, bits: int = 16, org: int = 0) -> bytes:
-    """Assemble ``source`` (AT&T syntax unless it says ``.intel_syntax``) for ``bits`` at ``org``."""
+def assemble(source: str, bits: int = 16, org: int = 0, intel: bool = True) -> bytes:
+    """Assemble ``source`` (Intel syntax, or AT&T with ``intel=False``) for ``bits`` at ``org``."""
     directive = ".code16" if bits == 16 else ".code32"
+    if intel:
+        directive = ".intel_syntax noprefix\n" + directive
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "t.s")
         obj = os.path.join(tmp, "t.o")

@@ -49,6 +49,7 @@ class DebugExit:
 
 
 def build(name: str) -> str:
+    """Build a guest with scripts/build_guests.py; returns the path of its output."""
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     try:
         import build_guests

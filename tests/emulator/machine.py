@@ -63,3 +63,29 @@ def run_until_halt(emu, limit: int = 1_000_000) -> int:
         if n == 0:
             break
     return total
+
+
+GDT_BASE = 0x1000
+IDT_BASE = 0x2000
+
+
+def install_gdt(emu, mem, entries: list[int], base: int = GDT_BASE) -> None:
+    """Write descriptors (index 0 is the null descriptor) and point GDTR at them."""
+    for i, raw in enumerate(entries):
+        mem.write_u64(base + 8 * i, raw)
+    emu.state.gdt.base = base
+    emu.state.gdt.limit = 8 * len(entries) - 1
+
+
+def install_idt(emu, mem, gates: dict[int, int], base: int = IDT_BASE, limit: int | None = None) -> None:
+    """``gates`` maps vector -> raw 8-byte gate; the IDT covers vectors 0..max."""
+    top = max(gates) if gates else 0
+    for v, raw in gates.items():
+        mem.write_u64(base + 8 * v, raw)
+    emu.state.idt.base = base
+    emu.state.idt.limit = (8 * (top + 1) - 1) if limit is None else limit
+
+
+def standard_gdt() -> list[int]:
+    from pykvm.x86.descriptors import flat_descriptor
+    return [0, flat_descriptor(True), flat_descriptor(False)]
