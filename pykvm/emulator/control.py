@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pykvm.emulator import segments
 from pykvm.emulator.faults import CpuFault
-from pykvm.emulator.flags import ARITH
 from pykvm.emulator.state import CS, SS, Segment
 from pykvm.x86 import descriptors as D
 from pykvm.x86.bits import CR0_PE, EXC_GP, FLAG_FIXED, FLAG_IF, FLAG_IOPL, FLAG_NT, FLAG_VM
@@ -204,5 +203,3 @@ def _iret_flags(old: int, fl: int, size: int, cpl: int) -> int:
     new = (fl & ~keep) | (old & keep)
     return (new & 0x3F7FD5 & ~FLAG_VM) | (old & FLAG_VM) | FLAG_FIXED
 
-
-__all__ = ["far_jmp", "far_call", "far_ret", "iret", "push", "pop", "set_sp", "ARITH"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import iced_x86 as X
 
-from pykvm.emulator.codegen import MASKS, SIGNS, Unsupported
+from pykvm.emulator.codegen import MASKS, SIGNS
 from pykvm.emulator.flags import OP_ADD, OP_DEC, OP_INC, OP_RES, OP_SUB
 
 M = X.Mnemonic
@@ -411,5 +411,3 @@ def _cmpxchg8b(g):
            "    R[0] = lo", "    R[2] = hi",
            "    E.lf = (0, 0, 0, arith(E.lf) & ~0x40)")
 
-
-__all__ = ["HANDLERS", "cond_expr", "CC_OF", "Unsupported"]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import iced_x86 as X
 
-from pykvm.emulator import control
-from pykvm.emulator.codegen import MASKS, REG_INFO, SEG_INDEX, Invalid, Unsupported
+from pykvm.emulator.codegen import MASKS, REG_INFO, SEG_INDEX, Invalid
 from pykvm.emulator.state import SS
 
 M = X.Mnemonic
@@ -251,5 +250,3 @@ def _lxs(g):
         g.terminal = True
         g.emit(f"return {g.k(g.next_eip)}")
 
-
-__all__ = ["HANDLERS", "emit_push", "emit_pop", "stack_size", "Unsupported", "control"]

@@ -11,7 +11,7 @@ import iced_x86 as X
 
 from pykvm.emulator.codegen import CODE_NAMES, MASKS, Invalid
 from pykvm.emulator.ops_alu import CC_OF, cond_expr
-from pykvm.emulator.ops_data import emit_pop, emit_push, stack_size
+from pykvm.emulator.ops_data import emit_pop, emit_push
 
 M = X.Mnemonic
 OK = X.OpKind
@@ -24,15 +24,6 @@ def handles(*mnemonics):
             HANDLERS[m] = fn
         return fn
     return deco
-
-
-def _branch_size(g) -> int:
-    kind = g.ins.op0_kind
-    if kind == OK.NEAR_BRANCH16:
-        return 2
-    if kind == OK.NEAR_BRANCH32:
-        return 4
-    return 4 if g.ctx.bitness == 32 else 2
 
 
 def _jcc(g):
@@ -190,5 +181,3 @@ def _hlt(g):
     g.terminal = True
     g.emit("E.require_cpl0()", "ST.halted = True", "E.stop = True", f"return {g.k(g.next_eip)}")
 
-
-__all__ = ["HANDLERS", "stack_size"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pykvm.emulator.faults import CpuFault
 from pykvm.emulator.state import CS, LDTR, SS, Segment
 from pykvm.x86 import descriptors as D
-from pykvm.x86.bits import CR0_PE, EFER_LMA, EXC_GP, EXC_NP, EXC_SS, EXC_TS
+from pykvm.x86.bits import CR0_PE, EFER_LMA, EXC_GP, EXC_NP, EXC_SS
 
 
 def refresh_bounds(emu, i: int) -> None:

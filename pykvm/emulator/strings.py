@@ -10,10 +10,9 @@ elements, because x86 copies element by element and a memmove would differ.
 
 from __future__ import annotations
 
-from pykvm.emulator.faults import CpuFault
 from pykvm.emulator.flags import OP_SUB, arith
 from pykvm.x86 import paging
-from pykvm.x86.bits import EXC_GP, FLAG_DF
+from pykvm.x86.bits import FLAG_DF
 
 MOVS, STOS, LODS, CMPS, SCAS, INS, OUTS = range(7)
 REP_NONE, REP_E, REP_NE = 0, 1, 2
@@ -172,5 +171,3 @@ def _bulk(emu, op: int, size: int, amask: int, seg: int, count: int) -> int:
         _set(R, 1, count, amask)
     return count
 
-
-__all__ = ["string_op", "CpuFault", "EXC_GP"]

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pykvm.emulator import Emulator, TripleFault
-from pykvm.emulator.state import CS, CpuState
+from pykvm.emulator import TripleFault
 from pykvm.errors import EmulationError, GuestShutdownError
 from tests.emulator.asm import HAVE_AS, assemble
 from tests.emulator.machine import Recorder, protected_mode, real_mode
