@@ -51,9 +51,14 @@ class UnicornRunner:
         self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_16 if bits == 16 else unicorn.UC_MODE_32)
         self.uc.mem_map(0, MEM)
 
-    def run(self, code: bytes, regs, flags: int, data: bytes) -> Result:
+    def run(self, code: bytes, regs, flags: int, data: bytes, whole: bool = False) -> Result:
+        """Execute one instruction (``whole``: run to the end of ``code``, for REP prefixes,
+        which unicorn executes one iteration per step)."""
         uc = self.uc
         uc.mem_write(CODE, code + b"\xf4")
+        # Unicorn keeps translated blocks across emu_start calls even when the code bytes were
+        # rewritten with mem_write: drop them, or the previous case's instruction runs again.
+        uc.ctl_remove_cache(CODE, CODE + 0x100)
         uc.mem_write(DATA, data)
         for r, v in zip(_UREGS, regs):
             uc.reg_write(r, v)
@@ -61,7 +66,7 @@ class UnicornRunner:
         uc.reg_write(U.UC_X86_REG_EIP, CODE)
         fault = None
         try:
-            uc.emu_start(CODE, CODE + len(code), count=1)
+            uc.emu_start(CODE, CODE + len(code), count=0 if whole else 1)
         except unicorn.UcError as e:
             fault = str(e)
         return Result([uc.reg_read(r) for r in _UREGS], uc.reg_read(U.UC_X86_REG_EIP),

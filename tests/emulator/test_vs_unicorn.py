@@ -72,13 +72,16 @@ def _source(form: str, bits: int) -> str:
     return form.replace("[M]", f"[{base}]")
 
 
+STACK_FORMS = ("push", "pop", "leave", "call", "ret")
+
+
 def _setup(regs, bits, form):
     regs = list(regs)
     if "[M]" in form or form == "xlat":
         regs[3] = DATA                      # EBX -> data
-    if form.startswith(("push", "pop", "leave")) or "pushf" in form or "popf" in form:
-        regs[4] = 0x8000 - 0x40             # a valid stack
-        regs[5] = 0x8000 - 0x20             # LEAVE: EBP inside the stack area
+    if form.startswith(STACK_FORMS):
+        regs[4] = DATA + 16                 # the stack is the compared data area
+        regs[5] = DATA + 8                  # LEAVE: EBP inside it too
     else:
         regs[4] = 0x8000
     if form.startswith("bt") and "[M]," in form and not form[-1].isdigit():
@@ -128,12 +131,12 @@ def _runners(bits):
     return _RUNNERS[bits]
 
 
-def _compare(form: str, bits: int, regs, flags, data):
+def _compare(form: str, bits: int, regs, flags, data, whole: bool = False):
     src = _source(form, bits)
     code = assemble(src, bits)
     regs = _setup(regs, bits, form)
     uc, emu = _runners(bits)
-    want = uc.run(code, regs, flags, data)
+    want = uc.run(code, regs, flags, data, whole)
     got = emu.run(code, regs, flags, data)
     if want.fault or want.eip == CODE:
         # unicorn took an exception (#DE...): with no IDT the emulator must end in a triple fault.
@@ -171,3 +174,65 @@ def test_divide_matches_unicorn(form, bits, regs, flags, data, small):
         regs[2] = 0
         regs[0] &= 0xFFFF
     _compare(form, bits, regs, flags, data)
+
+
+# -- control flow: one branch, compared by EIP, stack and registers ------------------------------
+CCS = ["o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g"]
+FLOW = [f"j{cc} 1f\nnop\n1: nop" for cc in CCS]
+FLOW += ["loop 1f\nnop\n1:", "loope 1f\nnop\n1:", "loopne 1f\nnop\n1:", "call 1f\nnop\n1:",
+         "ret", "ret 6", "jmp 1f\nnop\n1:"]
+FLOW32 = FLOW + ["jecxz 1f\nnop\n1:", "call eax", "jmp ecx", "call dword ptr [M]", "jmp dword ptr [M]"]
+FLOW16 = FLOW + ["jcxz 1f\nnop\n1:", "call ax", "jmp cx", "call word ptr [M]", "jmp word ptr [M]",
+                 "retf", "retf 4", "iret", "iretd"]
+
+
+@pytest.mark.parametrize("bits, form", [(32, f) for f in FLOW32] + [(16, f) for f in FLOW16])
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(regs=regs32, flags=flags_st, data=data_st)
+def test_branch_matches_unicorn(form, bits, regs, flags, data):
+    regs = list(regs)
+    if form.startswith("loop"):
+        regs[1] &= 0x3                      # small counts reach zero sometimes
+    if form.startswith(("jcxz", "jecxz")):
+        regs[1] &= 0x10001
+    # Targets must be mapped: unicorn faults when it cannot fetch there, a CPU at the next fetch.
+    regs[0] = CODE + 0x20 + (regs[0] & 0xF)
+    regs[1] = CODE + 0x40 + (regs[1] & 0xF)
+    data = bytearray(data)
+    width = 4 if bits == 32 else 2
+    data[0:width] = (CODE + 0x60).to_bytes(width, "little")             # [M] targets
+    data[16:16 + width] = (CODE + 0x80).to_bytes(width, "little")       # return address
+    if form.startswith(("retf", "iret")):
+        data[16 + width:16 + 2 * width] = bytes(width)                   # CS = 0 (real mode)
+        if form.startswith("iretd") and bits == 16:
+            data[16:20] = (CODE + 0x80).to_bytes(4, "little")
+            data[20:24] = bytes(4)
+    _compare(form, bits, regs, flags, bytes(data))
+
+
+# -- string instructions (with REP: unicorn runs to the end of the code) ------------------------
+STRINGS = []
+for _op in ["movs", "stos", "lods", "cmps", "scas"]:
+    for _sz in "bwd":
+        STRINGS.append(f"{_op}{_sz}")
+        STRINGS.append(("repe " if _op in ("cmps", "scas") else "rep ") + f"{_op}{_sz}")
+        if _op in ("cmps", "scas"):
+            STRINGS.append(f"repne {_op}{_sz}")
+STRINGS += ["movsb es:[di], byte ptr fs:[si]" if False else "rep movsd", "fs lodsb"]
+
+
+@pytest.mark.parametrize("bits", [32, 16])
+@pytest.mark.parametrize("form", STRINGS)
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(regs=regs32, flags=flags_st, data=data_st, df=st.booleans(), count=st.integers(0, 5),
+       si=st.integers(0, 12), di=st.integers(0, 12))
+def test_string_matches_unicorn(form, bits, regs, flags, data, df, count, si, di):
+    regs = list(regs)
+    regs[1] = (regs[1] & 0xFFFF0000 if bits == 16 else 0) | count
+    regs[6] = DATA + 8 + si
+    regs[7] = DATA + 8 + di
+    if "cmps" in form or "scas" in form:
+        # Make equal runs likely so REPE/REPNE stop in the middle sometimes.
+        data = bytes(b & 1 for b in data)
+        regs[0] &= 0xFFFFFF01
+    _compare(form, bits, regs, flags | (0x400 if df else 0), data, whole=form.startswith("rep"))
