@@ -62,6 +62,7 @@ class Emulator(SystemOps):
         self.cache: dict[int, object] = {}
         self._ctl = None
         self._paging_ctl = None
+        self._snap = None
         self.bitness = 16
         self.stack32 = False
         self.real = True
@@ -78,7 +79,7 @@ class Emulator(SystemOps):
         self._state = state
         self.mmu.state = state
         self.flush_blocks()
-        self._paging_ctl = self._ctl = None
+        self._paging_ctl = self._ctl = self._snap = None
         self._sync_in()
 
     # -- flags ------------------------------------------------------------------------------
@@ -180,17 +181,36 @@ class Emulator(SystemOps):
         return (self.state.seg[CS].base + self.state.rip) & 0xFFFFFFFF
 
     # -- sync with the shared state ------------------------------------------------------------
+    def _snapshot(self) -> tuple:
+        """What the derived mode state depends on: control registers and the segment objects."""
+        st = self._state
+        return (st.cr0, st.cr3, st.cr4, st.efer, *st.seg)
+
     def _sync_in(self) -> None:
-        """Pick up any change the caller made to ``state`` since the last call."""
-        st = self.state
+        """Pick up changes the caller made to ``state`` since the last call.
+
+        Registers and flags are always re-read. Mode-derived state (segment bounds, code size,
+        TLB, block caches) is recomputed when a control register, EFER or a segment register
+        object changed; a caller that mutates a ``Segment`` in place calls ``sync()``.
+        """
+        st = self._state
         R = self.R
         if st.gpr is not R:
             R[:] = st.gpr
             st.gpr = R
         for i in range(8):
-            R[i] &= 0xFFFFFFFF
+            if R[i] > 0xFFFFFFFF:
+                R[i] &= 0xFFFFFFFF
         self.lf = (0, 0, 0, st.rflags & ARITH)
-        self.mode_changed()
+        snap = self._snapshot()
+        if snap != self._snap:
+            self.mode_changed()
+            self._snap = snap
+
+    def sync(self) -> None:
+        """Recompute everything derived from ``state`` (after editing it in place)."""
+        self._snap = None
+        self._sync_in()
 
     # -- translation ------------------------------------------------------------------------
     def _translate(self, lin: int, eip: int):
@@ -301,6 +321,7 @@ class Emulator(SystemOps):
             st.rflags = self.get_flags()
             self.instructions_executed += done
             self.stop = False
+            self._snap = self._snapshot()
         return done
 
     def _emulation_error(self, message: str) -> EmulationError:
