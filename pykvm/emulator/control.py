@@ -164,7 +164,7 @@ def iret(emu, size: int) -> int:
         if size == 2:
             new = (old & 0xFFFF0000) | fl
         else:
-            new = (fl & 0x257FD5) | (old & 0x1A0000)
+            new = (fl & 0x247FD5) | (old & 0x1A0000)   # RF not loaded (see _iret_flags)
         load_cs_real(emu, cs)
         set_sp(emu, sp)
         emu.set_flags(new)
@@ -201,5 +201,7 @@ def _iret_flags(old: int, fl: int, size: int, cpl: int) -> int:
     if cpl > (old & FLAG_IOPL) >> 12:
         keep |= FLAG_IF
     new = (fl & ~keep) | (old & keep)
-    return (new & 0x3F7FD5 & ~FLAG_VM) | (old & FLAG_VM) | FLAG_FIXED
+    # RF is not loaded: on a CPU it would be set until the next instruction completes, and no
+    # instruction breakpoints are emulated, so it is cleared right away.
+    return (new & 0x3E7FD5 & ~FLAG_VM) | (old & FLAG_VM) | FLAG_FIXED
 

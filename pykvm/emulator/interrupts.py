@@ -16,6 +16,9 @@ from pykvm.x86.bits import (CR0_PE, EXC_AC, EXC_DF, EXC_GP, EXC_NP, EXC_PF, EXC_
                             FLAG_AC, FLAG_IF, FLAG_NT, FLAG_RF, FLAG_TF, FLAG_VM)
 
 CONTRIBUTORY = frozenset((0, 10, 11, 12, 13))
+# Fault-class exceptions: the EFLAGS image they push has RF set (SDM vol. 3, 6.12.1 / 17.3.1.1),
+# so that returning to the faulting instruction does not re-trigger an instruction breakpoint.
+FAULTS = frozenset((0, 5, 6, 7, 10, 11, 12, 13, 14, 16, 17, 19, 20))
 HAS_ERROR_CODE = frozenset((EXC_DF, EXC_TS, EXC_NP, EXC_SS, EXC_GP, EXC_PF, EXC_AC))
 
 
@@ -26,7 +29,7 @@ def deliver_exception(emu, fault: CpuFault) -> None:
     current = fault
     while True:
         try:
-            deliver(emu, current.vector, current.error_code, rip, software=False, cr2=current.cr2)
+            deliver(emu, current.vector, current.error_code, rip, software=False, cr2=current.cr2, fault=True)
             return
         except CpuFault as nested:
             vectors.append(nested.vector)
@@ -43,15 +46,20 @@ def deliver_exception(emu, fault: CpuFault) -> None:
             raise
 
 
-def deliver(emu, vector: int, error_code, return_eip: int, software: bool = False, cr2=None) -> None:
-    """Transfer control to the handler of ``vector``; the pushed return address is ``return_eip``."""
+def deliver(emu, vector: int, error_code, return_eip: int, software: bool = False, cr2=None,
+            fault: bool = False) -> None:
+    """Transfer control to the handler of ``vector``; the pushed return address is ``return_eip``.
+
+    ``fault``: a fault-class exception, whose pushed EFLAGS image gets RF set.
+    """
     st = emu.state
+    rf = FLAG_RF if fault and vector in FAULTS else 0
     if not st.cr0 & CR0_PE:
         _deliver_real(emu, vector, return_eip)
     elif emu.lma:
-        _deliver_long(emu, vector, error_code, return_eip, software)
+        _deliver_long(emu, vector, error_code, return_eip, software, rf)
     else:
-        _deliver_protected(emu, vector, error_code, return_eip, software)
+        _deliver_protected(emu, vector, error_code, return_eip, software, rf)
     if cr2 is not None:
         st.cr2 = cr2
     emu.stop = True
@@ -74,7 +82,7 @@ def _gate_error(vector: int, ext: int) -> int:
     return vector * 8 + 2 + ext
 
 
-def _deliver_protected(emu, vector, error_code, return_eip, software) -> None:
+def _deliver_protected(emu, vector, error_code, return_eip, software, rf=0) -> None:
     st = emu.state
     ext = 0 if software else 1
     if vector * 8 + 7 > st.idt.limit:
@@ -104,7 +112,7 @@ def _deliver_protected(emu, vector, error_code, return_eip, software) -> None:
     flags = emu.get_flags()
     if flags & FLAG_VM:
         raise NotImplementedError("interrupt from virtual-8086 mode")
-    frame = [flags, st.seg[CS].selector, return_eip]
+    frame = [flags | rf, st.seg[CS].selector, return_eip]
     if error_code is not None:
         frame.append(error_code)
     conforming = d.type & D.TYPE_CODE_CONFORMING
@@ -164,7 +172,7 @@ def _push_on(emu, seg: Segment, sp: int, values, size: int) -> int:
     return sp
 
 
-def _deliver_long(emu, vector, error_code, return_eip, software) -> None:
+def _deliver_long(emu, vector, error_code, return_eip, software, rf=0) -> None:
     """IA-32e delivery (compatibility mode code took an exception): 16-byte gates, 64-bit frame."""
     st = emu.state
     ext = 0 if software else 1
@@ -200,7 +208,7 @@ def _deliver_long(emu, vector, error_code, return_eip, software) -> None:
     else:
         rsp = st.gpr[4]
     rsp &= ~0xF
-    frame = [st.seg[SS].selector, st.gpr[4], flags, st.seg[CS].selector, return_eip]
+    frame = [st.seg[SS].selector, st.gpr[4], flags | rf, st.seg[CS].selector, return_eip]
     if error_code is not None:
         frame.append(error_code)
     for v in frame:
