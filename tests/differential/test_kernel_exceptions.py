@@ -14,61 +14,11 @@ import struct
 
 import pytest
 
-from pykvm.x86 import boot
-from pykvm.x86 import descriptors as D
 from pykvm.x86.bits import FLAG_IF, FLAG_RF
 from tests.differential.harness import DATA, Ignore, Snippet, assert_same, check_kernel, run_kernel, run_userspace
+from tests.differential.protected_mode import GDT, INTERRUPT_GATE, TRAP_GATE, protected
 
 pytestmark = pytest.mark.kvm
-
-IDT = 0x800
-GDT = 0x600
-INTERRUPT_GATE, TRAP_GATE = 0x8E00, 0x8F00
-
-
-def gdt() -> list:
-    """The loader GDT plus: 0x30 not-present data, 0x38 byte-granular data with limit 0xfff,
-    0x40 read-only data, 0x48 DPL-3 data, 0x50 data with the accessed bit clear, 0x58 a
-    16-bit code segment based at 0x10000 (the snippets' code)."""
-    entries = boot.gdt_entries() + [
-        D.encode_descriptor(0, 0xFFFFF, 0x3, present=0, db=1, g=1),
-        D.encode_descriptor(DATA, 0xFFF, 0x3, db=1),
-        D.encode_descriptor(0, 0xFFFFF, 0x1, db=1, g=1),
-        D.encode_descriptor(0, 0xFFFFF, 0x3, dpl=3, db=1, g=1),
-        D.encode_descriptor(0, 0xFFFFF, 0x2, db=1, g=1),
-        D.encode_descriptor(0x10000, 0xFFFF, 0xB),
-    ]
-    return [(GDT, struct.pack(f"<{len(entries)}Q", *entries))]
-
-
-GDT_LIMIT = (len(boot.gdt_entries()) + 6) * 8 - 1
-
-
-def protected(body: str, vector: int, gate: int = INTERRUPT_GATE, **kw) -> Snippet:
-    """``body`` in protected mode with the bigger GDT and one IDT gate for ``vector``."""
-    source = f"""
-        lgdt [gdtr]
-        mov eax, offset handler
-        mov word ptr [{IDT + vector * 8:#x}], ax
-        mov word ptr [{IDT + vector * 8 + 2:#x}], 0x08
-        mov word ptr [{IDT + vector * 8 + 4:#x}], {gate:#x}
-        shr eax, 16
-        mov word ptr [{IDT + vector * 8 + 6:#x}], ax
-        lidt [idtr]
-        jmp start
-    gdtr: .word {GDT_LIMIT}
-        .long {GDT}
-    idtr: .word 0x7ff
-        .long {IDT}
-    start:
-        {body}
-        mov edi, 0xbad          # not reached when the body faults
-        hlt
-    handler:
-        mov ebp, esp
-    """
-    return Snippet(source, bits=32, memory=gdt() + kw.pop("memory", []), **kw)
-
 
 STACK_TOP = 0x80000
 PUSHED_EFLAGS_RF_BYTE = (STACK_TOP - 2, 1)   # bits 16-23 of the EFLAGS image a gate pushes
