@@ -24,7 +24,7 @@ from pykvm.emulator.state import CS, SS, CpuState
 from pykvm.emulator.system import SystemOps
 from pykvm.emulator.translate import translate_block
 from pykvm.errors import EmulationError, GuestShutdownError
-from pykvm.x86.bits import CR0_PE, CR0_PG, CR0_WP, EFER_LMA, FLAG_VM
+from pykvm.x86.bits import CR0_PE, CR0_PG, CR0_WP, EFER_LMA, FLAG_TF, FLAG_VM
 
 _OWN_CODE = (os.path.join("pykvm", "emulator", ""), os.path.join("pykvm", "x86", ""), "<x86-template>")
 
@@ -58,6 +58,8 @@ class Emulator(SystemOps):
         self.instructions_executed = 0
         self.dr = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
         self.tsc_offset = 0
+        self.fpu_cw = 0x37F      # x87 control/status words: only FNINIT/FNSTSW/FNSTCW/FLDCW are emulated
+        self.fpu_sw = 0
         self._caches: dict[tuple, dict] = {}
         self.cache: dict[int, object] = {}
         self._ctl = None
@@ -267,8 +269,10 @@ class Emulator(SystemOps):
                 fns = blk.fns
                 n = blk.n
                 i = -1
+                # EFLAGS.TF: one instruction at a time, each followed by a #DB trap.
+                tf = st.rflags & FLAG_TF
                 try:
-                    if n <= max_instructions - done:
+                    if n <= max_instructions - done and (not tf or n == 1):
                         for i, f in enumerate(fns):
                             f()
                         if blk.valid:
@@ -280,7 +284,7 @@ class Emulator(SystemOps):
                             st.rip = blk.eips[i + 1]
                             done += i + 1
                     else:
-                        k = max_instructions - done
+                        k = 1 if tf else max_instructions - done
                         for i, f in enumerate(fns[:k]):
                             f()
                             if not blk.valid:
@@ -296,6 +300,11 @@ class Emulator(SystemOps):
                     break
                 st.interrupt_shadow = self.shadow
                 self.shadow = False
+                if tf:
+                    self.dr[6] |= 0x4000          # DR6.BS: single-step trap
+                    st.halted = False             # a trap after HLT returns past it
+                    deliver_exception(self, CpuFault(1))
+                    break
                 if self.stop:
                     break
                 if self.bitness == 64:

@@ -116,8 +116,8 @@ def _xchg(g):
     a.write("y")
 
 
-@handles(M.NOP, M.PAUSE, M.FNOP, M.PREFETCHNTA, M.PREFETCHT0, M.PREFETCHT1, M.PREFETCHT2, M.PREFETCHW,
-         M.LFENCE, M.MFENCE, M.SFENCE)
+@handles(M.NOP, M.PAUSE, M.PREFETCHNTA, M.PREFETCHT0, M.PREFETCHT1, M.PREFETCHT2, M.PREFETCHW,
+         M.LFENCE, M.MFENCE, M.SFENCE, M.CLFLUSH, M.CLFLUSHOPT)
 def _nop(g):
     g.emit("pass")
 
@@ -190,7 +190,9 @@ def _pushf(g):
 def _popf(g):
     size = 4 if g.ins.mnemonic == M.POPFD else 2
     commit = emit_pop(g, "v", size)
-    g.emit(f"E.popf(v, {size})", commit)
+    # POPF ends the block: it may set TF (the run loop then single-steps) or IF.
+    g.terminal = True
+    g.emit(f"E.popf(v, {size})", commit, f"return {g.k(g.next_eip)}")
 
 
 @handles(M.LEAVE)

@@ -196,3 +196,41 @@ def _wbinvd(g):
 @handles(M.UD2, M.UD0, M.UD1)
 def _ud2(g):
     g.emit("raise Fault(6)")
+
+
+# -- x87 control: just enough for boot code that probes for an FPU --------------------------------
+def _fpu_check(g):
+    """#NM when CR0.EM or CR0.TS says the FPU is not available (WAIT only checks TS with MP)."""
+    g.emit("if ST.cr0 & 0xC:", "    raise Fault(7)")
+
+
+@handles(M.FNINIT, M.FNCLEX)
+def _fninit(g):
+    _fpu_check(g)
+    if g.ins.mnemonic == M.FNINIT:
+        g.emit("E.fpu_cw = 0x37F", "E.fpu_sw = 0")
+    else:
+        g.emit("E.fpu_sw &= 0x7F00")
+
+
+@handles(M.FNSTSW)
+def _fnstsw(g):
+    _fpu_check(g)
+    g.op(0, 2).write("E.fpu_sw")
+
+
+@handles(M.FNSTCW)
+def _fnstcw(g):
+    _fpu_check(g)
+    g.op(0, 2).write("E.fpu_cw")
+
+
+@handles(M.FLDCW)
+def _fldcw(g):
+    _fpu_check(g)
+    g.emit(f"E.fpu_cw = {g.op(0, 2).read()}")
+
+
+@handles(M.WAIT)
+def _wait(g):
+    g.emit("if ST.cr0 & 0xA == 0xA:", "    raise Fault(7)")

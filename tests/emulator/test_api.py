@@ -202,3 +202,40 @@ def test_rflags_are_exact_after_run():
     emu.run(10)
     f = emu.state.rflags
     assert f & 0x800 and f & 0x80 and f & 0x10 and not f & 0x40 and not f & 1 and f & 2
+
+
+def test_trap_flag_single_steps_with_db():
+    code = assemble("""
+        pushf
+        pop ax
+        or ax, 0x100
+        push ax
+        popf
+        inc bx
+        inc bx
+        pushf
+        pop ax
+        and ax, 0xfeff
+        push ax
+        popf
+        hlt
+        .org 0x100
+        inc si
+        iret
+    """, org=0x7C00)
+    emu, mem, _ = real_mode(code)
+    mem.write_u32(1 * 4, 0x7D00)       # IVT[1]
+    total = 0
+    while not emu.state.halted and total < 100:
+        total += emu.run(100)
+    st = emu.state
+    # A #DB after each instruction from the one after the first POPF up to the second POPF
+    # (inc, inc, pushf, pop, and, push, popf: TF is still set when that POPF starts).
+    assert st.gpr[3] == 2 and st.gpr[6] == 7 and emu.dr[6] & 0x4000
+
+
+def test_fpu_probe_as_boot_code_does_it():
+    emu, _, _ = real_mode(assemble("fninit\nmov ax, 0x5a5a\nfnstsw ax\nfnstcw [0x600]\nhlt", org=0x7C00))
+    emu.run(10)
+    assert emu.state.gpr[0] & 0xFFFF == 0
+    assert emu.memory.read_u16(0x600) == 0x37F
