@@ -102,8 +102,10 @@ class Emulator(SystemOps):
         self.lma = bool(st.efer & EFER_LMA)
         cs = st.seg[CS]
         if real:
-            self.bitness = 16
-            self.stack32 = False
+            # As on hardware, the cached CS/SS descriptors' D/B bits keep applying in real mode
+            # (they are 0 after reset and after any return through a 16-bit segment).
+            self.bitness = 32 if cs.db else 16
+            self.stack32 = bool(st.seg[SS].db)
         else:
             self.bitness = 64 if self.lma and cs.l else (32 if cs.db else 16)
             self.stack32 = bool(st.seg[SS].db)
