@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import shutil
 import subprocess
 import tempfile
@@ -49,6 +50,12 @@ SCRATCH_PORTS = 16
 
 _SEGMENT_FIELDS = ("selector", "base", "limit", "type", "present", "dpl", "db", "s", "l", "g", "avl",
                    "unusable")
+
+
+def examples(default: int) -> int:
+    """A hypothesis ``max_examples``: ``default`` times $PYKVM_DIFF_SCALE (1 unless set), so a
+    longer bug hunt is one environment variable away while the suite stays fast."""
+    return default * int(os.environ.get("PYKVM_DIFF_SCALE", "1"))
 
 
 # -- assembling at the load address --------------------------------------------------------

@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.differential import flags as F
-from tests.differential.harness import DATA, Ignore, Snippet, assert_same, run_kernel, run_userspace
+from tests.differential.harness import DATA, Ignore, Snippet, assert_same, examples, run_kernel, run_userspace
 
 pytestmark = pytest.mark.kvm
 
-EXAMPLES = 75
+EXAMPLES = examples(75)
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 REGS = {8: ("al", "cl", "dl", "bl", "ah", "ch", "dh", "bh"),
