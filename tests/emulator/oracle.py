@@ -51,10 +51,15 @@ class UnicornRunner:
         self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_16 if bits == 16 else unicorn.UC_MODE_32)
         self.uc.mem_map(0, MEM)
 
-    def run(self, code: bytes, regs, flags: int, data: bytes, whole: bool = False) -> Result:
+    def run(self, code: bytes, regs, flags: int, data: bytes, whole: bool = False, segs=None) -> Result:
         """Execute one instruction (``whole``: run to the end of ``code``, for REP prefixes,
-        which unicorn executes one iteration per step)."""
+        which unicorn executes one iteration per step). ``segs``: real-mode (ES, SS, DS)."""
         uc = self.uc
+        es, ss, ds = segs or (0, 0, 0)
+        if self.bits == 16:
+            uc.reg_write(U.UC_X86_REG_ES, es)
+            uc.reg_write(U.UC_X86_REG_SS, ss)
+            uc.reg_write(U.UC_X86_REG_DS, ds)
         uc.mem_write(CODE, code + b"\xf4")
         # Unicorn keeps translated blocks across emu_start calls even when the code bytes were
         # rewritten with mem_write: drop them, or the previous case's instruction runs again.
@@ -81,7 +86,7 @@ class EmulatorRunner:
         self.state = CpuState()
         self.emu = Emulator(self.state, self.mem, self.bus)
 
-    def run(self, code: bytes, regs, flags: int, data: bytes) -> Result:
+    def run(self, code: bytes, regs, flags: int, data: bytes, whole: bool = False, segs=None) -> Result:
         st = self.state
         if self.bits == 32:
             st.cr0 = CR0_PE | CR0_ET
@@ -90,8 +95,10 @@ class EmulatorRunner:
                                     type=0xB if i == CS else 3, present=1, dpl=0, db=1, s=1, g=1)
         else:
             st.cr0 = CR0_ET
+            es, ss, ds = segs or (0, 0, 0)
             for i in range(6):
-                st.seg[i] = Segment(selector=0, base=0, limit=0xFFFF, type=0xB if i == CS else 3)
+                sel = {0: es, 2: ss, 3: ds}.get(i, 0)
+                st.seg[i] = Segment(selector=sel, base=sel << 4, limit=0xFFFF, type=0xB if i == CS else 3)
         # IDT / IVT: an exception stops the comparison (the handler address is unmapped code).
         st.idt.base, st.idt.limit = 0, 0
         self.mem.write(CODE, code + b"\xf4")

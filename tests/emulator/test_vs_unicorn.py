@@ -131,13 +131,14 @@ def _runners(bits):
     return _RUNNERS[bits]
 
 
-def _compare(form: str, bits: int, regs, flags, data, whole: bool = False):
+def _compare(form: str, bits: int, regs, flags, data, whole: bool = False, segs=None, setup=True):
     src = _source(form, bits)
     code = assemble(src, bits)
-    regs = _setup(regs, bits, form)
+    if setup:
+        regs = _setup(regs, bits, form)
     uc, emu = _runners(bits)
-    want = uc.run(code, regs, flags, data, whole)
-    got = emu.run(code, regs, flags, data)
+    want = uc.run(code, regs, flags, data, whole, segs)
+    got = emu.run(code, regs, flags, data, whole, segs)
     if want.fault or want.eip == CODE:
         # unicorn took an exception (#DE...): with no IDT the emulator must end in a triple fault.
         assert got.fault and "triple fault" in got.fault, f"{src}: unicorn faulted, the emulator did not"
@@ -236,3 +237,22 @@ def test_string_matches_unicorn(form, bits, regs, flags, data, df, count, si, di
         data = bytes(b & 1 for b in data)
         regs[0] &= 0xFFFFFF01
     _compare(form, bits, regs, flags | (0x400 if df else 0), data, whole=form.startswith("rep"))
+
+
+# -- 16-bit addressing forms and segment selection (default SS for BP, overrides) ---------------
+ADDRESSING16 = ["mov ax, [bp+si+2]", "mov ax, [bx+di-1]", "add word ptr es:[di+3], cx", "mov al, ss:[si]",
+                "xchg ax, [bp]", "mov [bx+si+0x5], dx", "mov cl, [bp+di]", "sub [si], bl", "mov ax, [di]",
+                "lea ax, [bp+si+0x7fff]", "movsw", "cmpsb", "mov al, es:[bx]", "push word ptr [bp+2]",
+                "les ax, [bx]", "mov word ptr cs:[0x9005], 0x1234"]
+
+
+@pytest.mark.parametrize("form", ADDRESSING16)
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(regs=regs32, flags=flags_st, data=st.binary(min_size=64, max_size=64))
+def test_16bit_addressing_and_segments_match_unicorn(form, regs, flags, data):
+    # DS, ES, SS bases 0x9000, 0x9010, 0x9020: all inside the compared data, all different.
+    regs = [r & 0xFFFF0000 | ((r & 7) + 1) for r in regs]     # no offset wraps below 0 (that is #GP)
+    regs[4] = 0x18                                   # SP inside SS's part of the data
+    if form.startswith("les"):
+        data = data[:2] + bytes([0x00, 0x09]) + data[4:]     # a loadable ES
+    _compare(form, 16, regs, flags, data, segs=(0x901, 0x902, 0x900), setup=False)
