@@ -239,3 +239,51 @@ def test_fpu_probe_as_boot_code_does_it():
     emu.run(10)
     assert emu.state.gpr[0] & 0xFFFF == 0
     assert emu.memory.read_u16(0x600) == 0x37F
+
+
+class _Mmio:
+    def __init__(self):
+        self.regs = {}
+        self.log = []
+
+    def read(self, offset, size):
+        self.log.append(("r", offset, size))
+        return self.regs.get(offset, 0xA5A5A5A5) & ((1 << 8 * size) - 1)
+
+    def write(self, offset, size, value):
+        self.log.append(("w", offset, size, value))
+        self.regs[offset] = value
+
+
+def test_accesses_outside_ram_go_to_the_mmio_bus():
+    from tests.emulator.machine import protected_mode
+    code = assemble("""
+        mov dword ptr [0xfec00010], 0x12345678
+        mov eax, [0xfec00010]
+        mov bl, [0xfec00020]
+        hlt
+    """, 32, 0x100000)
+    emu, _, bus = protected_mode(code)
+    dev = _Mmio()
+    bus.mmio.register(0xFEC00000, 0x1000, dev)
+    emu.run(10)
+    assert dev.log == [("w", 0x10, 4, 0x12345678), ("r", 0x10, 4), ("r", 0x20, 1)]
+    assert emu.state.gpr[0] == 0x12345678 and emu.state.gpr[3] & 0xFF == 0xA5
+
+
+def test_code_outside_ram_runs_from_the_bus():
+    class Rom:
+        image = assemble("inc bx\ninc bx\nhlt", 32, 0xFFFF0000)
+
+        def read(self, offset, size):
+            return int.from_bytes(self.image[offset:offset + size].ljust(size, b"\xf4"), "little")
+
+        def write(self, offset, size, value):
+            pass
+
+    from tests.emulator.machine import protected_mode
+    emu, _, bus = protected_mode(b"")
+    bus.mmio.register(0xFFFF0000, 0x10000, Rom())
+    emu.state.rip = 0xFFFF0000
+    emu.run(10)
+    assert emu.state.gpr[3] == 2 and emu.state.halted
