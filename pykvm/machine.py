@@ -26,6 +26,7 @@ from pykvm.errors import EmulationError, GuestShutdownError, HostError
 from pykvm.kvm import Kvm
 from pykvm.kvm.cpu_state import SYNCED_MSRS, load_state, state_from_kvm, store_state
 from pykvm.kvm.exits import IO_HEADER, IO_HEADER_OFFSET, ExitReason
+from pykvm.kvm.vcpu import SYNC_CS_L_BYTE, SYNC_EFER_LMA_BYTE
 from pykvm.x86.bits import CR0_PE, CR0_PG, EFER_LMA, FLAG_IF
 
 log = logging.getLogger("pykvm")
@@ -250,6 +251,7 @@ class Machine:
         events = self.events
         check_mode = self.emulator_kind == "userspace"
         exits = 0
+        lma_byte, cs_l_byte = SYNC_EFER_LMA_BYTE, SYNC_CS_L_BYTE
         try:
             while not events.pending:
                 reason = run_raw()
@@ -266,6 +268,12 @@ class Machine:
                     else:
                         for i in range(count):
                             st.pack_into(view, off + i * size, pio.read(port, size))
+                    # Still 64-bit long mode (the common case) is two byte reads; anything else
+                    # gets the full rule, and the emulator if the vCPU left PVM mode.
+                    if check_mode and not (view[lma_byte] & 4 and view[cs_l_byte]) and self._kvm_in_non_pvm_mode():
+                        vcpu.complete_pending_io()
+                        self._leave_kvm()
+                        return None
                     continue
                 exit_ = vcpu.exit_record(reason)
                 if reason == _EXIT_MMIO:
@@ -273,6 +281,10 @@ class Machine:
                         self.bus.mmio_write(exit_.address, exit_.length, exit_.value)
                     else:
                         exit_.set_value(self.bus.mmio_read(exit_.address, exit_.length))
+                    if check_mode and self._kvm_in_non_pvm_mode():
+                        vcpu.complete_pending_io()
+                        self._leave_kvm()
+                        return None
                     continue
                 if reason == _EXIT_INTR:
                     return None

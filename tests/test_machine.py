@@ -114,3 +114,37 @@ def test_stepping_onto_hlt_with_interrupts_on_returns_instead_of_sleeping():
         assert machine.step() is None
         assert machine.step() is None
         assert machine.current_state().rip == 0x100002
+
+
+def test_guest_returning_to_non_pvm_mode_is_taken_over_by_the_userspace_emulator():
+    """64-bit code far-returns to a 32-bit supervisor segment (non-PVM mode again), turns paging
+    off and halts: from the first exit after the switch, pykvm's emulator runs the guest."""
+    code = assemble("""
+        mov dx, 0x3f8
+        mov al, 'L'
+        out dx, al
+        push 0x08
+        lea rax, [rip + compat]
+        push rax
+        retfq
+    .code32
+    compat:
+        mov al, 'C'
+        out dx, al
+        in al, dx
+        mov eax, cr0
+        and eax, 0x7fffffff
+        mov cr0, eax
+        mov al, 'P'
+        out dx, al
+        hlt
+    """)
+    out = io.BytesIO()
+    with Machine(serial_output=out) as machine:
+        machine.load(code, "flat", mode="long")
+        assert machine.run(timeout=10) == 0
+        assert out.getvalue() == b"LCP"
+        assert machine.stats.reentries == 1
+        assert machine.stats.emulated_instructions == 7  # in, mov, and, mov cr0, mov, out, hlt
+        state = machine.current_state()
+        assert not state.cr0 & 0x80000000 and not state.efer & 0x400  # paging off left long mode

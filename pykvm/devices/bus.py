@@ -16,6 +16,7 @@ from pykvm.errors import PykvmError
 
 log = logging.getLogger(__name__)
 
+_MISS = object()  # a cache miss, as opposed to a cached "nobody claims this address" (None)
 _ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 
 
@@ -58,10 +59,9 @@ class _AddressSpace:
         self._cache.clear()
 
     def find(self, addr: int):
-        try:
-            return self._cache[addr]
-        except KeyError:
-            pass
+        entry = self._cache.get(addr, _MISS)
+        if entry is not _MISS:
+            return entry
         entry = None
         i = bisect.bisect(self._starts, addr) - 1
         if i >= 0 and addr < self._entries[i][1]:

@@ -21,6 +21,14 @@ from pykvm.kvm.exits import Exit, ExitReason, make_exit_table
 
 _MAX_MSRS = 64
 _ioctl = libc.ioctl
+_KVM_RUN = K.KVM_RUN
+
+# Byte offsets inside the kvm_run mapping of the sync-regs fields the run loop checks on every
+# exit to see whether the vCPU is still in PVM mode (a byte read beats a chain of cdata lookups).
+_SYNC_SREGS = ffi.offsetof("struct kvm_run", "s") + ffi.offsetof("struct kvm_sync_regs", "sregs")
+SYNC_EFER_LMA_BYTE = _SYNC_SREGS + ffi.offsetof("struct kvm_sregs", "efer") + 1   # EFER bit 10 = bit 2 here
+SYNC_CS_L_BYTE = (_SYNC_SREGS + ffi.offsetof("struct kvm_sregs", "cs")
+                  + ffi.offsetof("struct kvm_segment", "l"))
 
 
 class Vcpu:
@@ -47,7 +55,7 @@ class Vcpu:
 
     def run_raw(self) -> int:
         """KVM_RUN, returning the raw exit reason: the run loop's hot path, no record lookup."""
-        if _ioctl(self.fd, K.KVM_RUN, NULL) < 0:
+        if _ioctl(self.fd, _KVM_RUN, NULL) < 0:
             err = ffi.errno
             if err != errno.EINTR and err != errno.EAGAIN:
                 raise KvmIoctlError("KVM_RUN", err, os.strerror(err))
@@ -59,6 +67,19 @@ class Vcpu:
         if reason is None:
             reason = self.kvm_run.exit_reason
         return self._exits[reason] if reason < len(self._exits) else self._unsupported
+
+    def complete_pending_io(self) -> None:
+        """Let KVM finish an I/O or MMIO exit's instruction without running further guest code.
+
+        After KVM_EXIT_IO/MMIO the guest state is consistent only once KVM_RUN is re-entered
+        (KVM's API documentation); with ``immediate_exit`` set, KVM completes the operation
+        and returns EINTR at once. Needed before taking the state away from KVM.
+        """
+        self.kvm_run.immediate_exit = 1
+        try:
+            self.run_raw()
+        finally:
+            self.kvm_run.immediate_exit = 0
 
     @property
     def immediate_exit(self) -> bool:
