@@ -217,7 +217,8 @@ def _wr(size: int) -> str:
 class Gen:
     """Source builder for one instruction."""
 
-    __slots__ = ("ctx", "ins", "lines", "params", "ntmp", "terminal", "stop", "eip", "next_eip", "indent")
+    __slots__ = ("ctx", "ins", "lines", "params", "ntmp", "terminal", "stop", "eip", "next_eip", "indent",
+                 "factory", "args")
 
     def __init__(self, ctx: TranslateContext, ins, eip: int):
         self.ctx = ctx
@@ -274,5 +275,6 @@ class Gen:
 
     def build(self, emu):
         body = "\n".join(self.lines) if self.lines else "pass"
-        factory = compile_template(body, len(self.params))
-        return factory(emu, tuple(self.params))
+        self.factory = factory = compile_template(body, len(self.params))
+        self.args = args = tuple(self.params)
+        return factory(emu, args)

@@ -61,6 +61,7 @@ class Emulator(SystemOps):
         self.fpu_cw = 0x37F      # x87 control/status words: only FNINIT/FNSTSW/FNSTCW/FLDCW are emulated
         self.fpu_sw = 0
         self._caches: dict[tuple, dict] = {}
+        self.shapes: dict[tuple, dict] = {}   # (bitness, stack32) -> instruction bytes -> recipe
         self.cache: dict[int, object] = {}
         self._ctl = None
         self._paging_ctl = None

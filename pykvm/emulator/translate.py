@@ -117,6 +117,13 @@ def translate_block(emu, lin: int, eip: int) -> tuple[Block, bool]:
     term = None
     end = 0
     emask = 0xFFFFFFFF if bitness == 32 else 0xFFFF
+    # Recipes of instructions already translated in this mode, by their bytes: code that runs
+    # once (boot code) repeats the same few hundred instruction shapes, and a hit skips the
+    # handler and code generation. Only non-terminal instructions are kept: they never bake
+    # their EIP into the closure (everything that uses EIP ends a block).
+    shapes = emu.shapes.get((bitness, ctx.stack32))
+    if shapes is None:
+        shapes = emu.shapes[(bitness, ctx.stack32)] = {}
     while True:
         if decoder.position >= len(data):
             break
@@ -138,6 +145,14 @@ def translate_block(emu, lin: int, eip: int) -> tuple[Block, bool]:
         if end > first_page_room:
             used_second_page = True
         eips.append(ins_eip)
+        raw = data[start:end]
+        recipe = shapes.get(raw)
+        if recipe is not None:
+            factory, arg = recipe
+            fns.append(factory(emu, arg) if factory is not None else arg)
+            if len(fns) >= MAX_BLOCK:
+                break
+            continue
         g = Gen(ctx, ins, ins_eip)
         try:
             handler = HANDLERS.get(ins.mnemonic)
@@ -146,6 +161,9 @@ def translate_block(emu, lin: int, eip: int) -> tuple[Block, bool]:
             fn = handler(g)
             if fn is None:
                 fn = g.build(emu)
+                recipe = (g.factory, g.args)
+            else:
+                recipe = (None, fn)
         except Invalid:
             term = _raiser(lambda: CpuFault(EXC_UD))
             break
@@ -158,6 +176,8 @@ def translate_block(emu, lin: int, eip: int) -> tuple[Block, bool]:
         if g.terminal:
             term = fn
             break
+        if len(shapes) < 50_000:
+            shapes[raw] = recipe
         fns.append(fn)
         if len(fns) >= MAX_BLOCK:
             break
