@@ -2,6 +2,18 @@
 
 ``Emulator(state, memory, bus, cpuid=None)`` runs a ``CpuState`` over guest RAM and the
 device bus; ``TripleFault`` is raised when the guest shuts down by triple-faulting.
+
+Beyond ``run``/``step``/``invalidate_code_cache``/``instructions_executed``:
+``emu.state = new_state`` adopts a new state object (caches are flushed), ``sync()``
+re-derives everything after editing segment registers in place, and
+``inject_interrupt(vector)`` delivers an external interrupt (the caller checks IF and the
+interrupt shadow first).
+
+Module map: ``emulator`` (run loop, block cache), ``translate`` (blocks), ``codegen``
+(instruction templates), ``ops_*`` (instruction families), ``flags`` (lazy EFLAGS),
+``alu`` (shift/multiply/divide helpers), ``mmu`` (segmentation + paging + TLB + RAM/MMIO),
+``segments`` (descriptor loads), ``control`` (far transfers, IRET), ``interrupts`` (IVT/IDT
+delivery, #DF/triple fault), ``strings`` (string instructions), ``system`` (CR/MSR/CPUID/I/O).
 """
 
 from pykvm.emulator.emulator import Emulator

@@ -358,5 +358,8 @@ class Emulator(SystemOps):
         st.halted = False
         try:
             deliver_exception(self, CpuFault(vector))
+        except NotImplementedError as e:
+            raise self._emulation_error(str(e)) from None
         finally:
             st.rflags = self.get_flags()
+            self._snap = self._snapshot()
