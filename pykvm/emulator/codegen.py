@@ -217,7 +217,7 @@ def _wr(size: int) -> str:
 class Gen:
     """Source builder for one instruction."""
 
-    __slots__ = ("ctx", "ins", "lines", "params", "ntmp", "terminal", "stop", "eip", "next_eip", "indent",
+    __slots__ = ("ctx", "ins", "lines", "params", "ntmp", "terminal", "eip", "next_eip", "indent",
                  "factory", "args")
 
     def __init__(self, ctx: TranslateContext, ins, eip: int):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import iced_x86 as X
 
-from pykvm.emulator.codegen import MASKS, SIGNS
+from pykvm.emulator.codegen import MASKS, MNEMONIC_NAMES, REG_INFO, SIGNS, Invalid
 from pykvm.emulator.flags import OP_ADD, OP_DEC, OP_INC, OP_RES, OP_SUB
 
 M = X.Mnemonic
@@ -215,7 +215,6 @@ def _shxd(g):
 # -- bit operations --------------------------------------------------------------------------
 def _addr_mask(g) -> int:
     ins = g.ins
-    from pykvm.emulator.codegen import REG_INFO
     for r in (ins.memory_base, ins.memory_index):
         if r != X.Register.NONE:
             return MASKS[REG_INFO[r][1]]
@@ -283,11 +282,10 @@ def _cmovcc(g):
     g.indent = ""
 
 
-for _m, _cc in CC_OF.items():
-    name = [n for n in dir(M) if getattr(M, n) == _m][0]
-    if name.startswith("SET"):
+for _m in CC_OF:
+    if MNEMONIC_NAMES[_m].startswith("SET"):
         HANDLERS[_m] = _setcc
-    elif name.startswith("CMOV"):
+    elif MNEMONIC_NAMES[_m].startswith("CMOV"):
         HANDLERS[_m] = _cmovcc
 
 
@@ -396,7 +394,6 @@ def _cmpxchg(g):
 def _cmpxchg8b(g):
     d = g.op(0)
     if d.kind != "mem":
-        from pykvm.emulator.codegen import Invalid
         raise Invalid()
     o = d.addr()
     seg = d.segk()

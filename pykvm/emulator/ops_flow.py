@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import iced_x86 as X
 
-from pykvm.emulator.codegen import CODE_NAMES, MASKS, Invalid
+from pykvm.emulator.codegen import CODE_NAMES, MASKS, MNEMONIC_NAMES, Invalid
 from pykvm.emulator.ops_alu import CC_OF, cond_expr
 from pykvm.emulator.ops_data import emit_pop, emit_push
 
@@ -33,8 +33,7 @@ def _jcc(g):
 
 
 for _m in CC_OF:
-    _name = [n for n in dir(M) if getattr(M, n) == _m][0]
-    if _name.startswith("J"):
+    if MNEMONIC_NAMES[_m].startswith("J"):
         HANDLERS[_m] = _jcc
 
 
