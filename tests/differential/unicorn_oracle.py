@@ -15,6 +15,7 @@ import pytest
 
 from pykvm.emulator.state import CpuState
 from pykvm.memory import GuestMemory
+from pykvm.x86.descriptors import decode_descriptor
 from tests.differential.harness import (HLT, MAX_INSTRUCTIONS, MEMORY_SIZE, SCRATCH_PORT, SCRATCH_PORTS, Ignore,
                                         ScratchPorts, Snapshot, Snippet, assert_same, run_emulator)
 
@@ -103,10 +104,13 @@ def _stopped_after_hlt(cpu) -> bool:
 
 
 def _linear_cs_base(cpu) -> int:
-    # Real mode: base = selector * 16; the snippets' protected-mode code segments are flat.
-    if cpu.reg_read(X.UC_X86_REG_CR0) & 1:
-        return 0
-    return cpu.reg_read(X.UC_X86_REG_CS) << 4
+    """CS.base (unicorn shows only selectors): selector * 16 in real mode, else from the GDT."""
+    selector = cpu.reg_read(X.UC_X86_REG_CS)
+    if not cpu.reg_read(X.UC_X86_REG_CR0) & 1:
+        return selector << 4
+    gdt_base = cpu.reg_read(X.UC_X86_REG_GDTR)[1]
+    raw = int.from_bytes(cpu.mem_read(gdt_base + (selector & ~7), 8), "little")
+    return decode_descriptor(raw).base
 
 
 def _selector(value) -> int:
