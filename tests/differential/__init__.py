@@ -1,0 +1,20 @@
+"""Differential tests: pykvm's userspace emulator against oracles nobody here wrote.
+
+Oracles
+  * the host kernel's own emulator (``Machine(emulator="kernel")``: KVM_RUN in non-PVM
+    mode) for real mode and 32-bit protected mode without paging — ``test_kernel_*.py``
+    and ``test_guests.py`` (whole guests), marked ``kvm``;
+  * unicorn (QEMU's TCG) for what the kernel cannot run — paging outside long mode,
+    ENTER with nesting, protected-mode IRET — ``test_unicorn_*.py``, no KVM needed;
+  * the Intel SDM itself where an oracle is wrong or refuses (each such test quotes it).
+
+Layout
+  ``harness.py``        Snippet -> Snapshot under an oracle; ``differences``/``assert_same``
+  ``unicorn_oracle.py`` the unicorn runner; ``page_faults.py`` #PF capture and comparison
+  ``flags.py``          RFLAGS bits the SDM leaves undefined, per instruction family
+  ``paging_tables.py``  page tables for the paging snippets; ``protected_mode.py`` a GDT/IDT
+                        setting for protected-mode fault snippets
+
+Run: ``.venv/bin/python -m pytest tests/differential -q`` (about 20 s). For a longer bug hunt
+multiply every hypothesis test's examples: ``PYKVM_DIFF_SCALE=10``.
+"""
