@@ -15,7 +15,7 @@ import struct
 import pytest
 
 from pykvm.x86.bits import FLAG_IF, FLAG_RF
-from tests.differential.harness import DATA, Ignore, Snippet, assert_same, check_kernel, run_kernel, run_userspace
+from tests.differential.harness import DATA, SCRATCH_PORT, Ignore, Snippet, assert_same, check_kernel, run_kernel, run_userspace
 from tests.differential.protected_mode import GDT, INTERRUPT_GATE, TRAP_GATE, protected
 
 pytestmark = pytest.mark.kvm
@@ -36,6 +36,14 @@ FAULTS = {
     "gp_write_through_cs": protected("mov cs:[0x9000], eax", 13),
     "gp_null_segment_access": protected("xor ax, ax\nmov gs, ax\nmov eax, gs:[0x9000]", 13),
     "gp_far_jump_to_a_data_segment": protected("jmp 0x10:0", 13),
+    "gp_rep_stosd_runs_past_the_es_limit": protected(
+        "mov ax, 0x38\nmov es, ax\nmov edi, 0xff0\nmov ecx, 8\nmov eax, 0x11223344\nrep stosd", 13),
+    "gp_rep_movsb_reads_past_the_ds_limit": protected(
+        "mov ax, 0x38\nmov ds, ax\nmov esi, 0xff8\nmov edi, 0x20000\nmov ecx, 16\nrep movsb", 13),
+    "gp_backward_rep_movsd_wraps_below_zero": protected(
+        "mov ax, 0x38\nmov ds, ax\nmov esi, 8\nmov edi, 0x20100\nmov ecx, 5\nstd\nrep movsd", 13),
+    "gp_rep_outsw_reads_past_the_ds_limit": protected(
+        f"mov ax, 0x38\nmov ds, ax\nmov esi, 0xffa\nmov dx, {SCRATCH_PORT}\nmov ecx, 6\nrep outsw", 13),
     "ud_ud2": protected("ud2", 6),
     "de_divide_by_zero": protected("xor ecx, ecx\ncmp esp, 0\ndiv ecx", 0),
 }
