@@ -20,7 +20,7 @@ def gdt() -> list:
     """The loader GDT plus: 0x30 not-present data, 0x38 byte-granular data with limit 0xfff,
     0x40 read-only data, 0x48 DPL-3 data, 0x50 data with the accessed bit clear, 0x58 a
     16-bit code segment based at 0x10000 (the snippets' code), 0x60 a 16-bit data segment
-    with limit 0xffff (a 16-bit stack)."""
+    with limit 0xffff (a 16-bit stack), 0x68 a not-present 32-bit code segment."""
     entries = boot.gdt_entries() + [
         D.encode_descriptor(0, 0xFFFFF, 0x3, present=0, db=1, g=1),
         D.encode_descriptor(DATA, 0xFFF, 0x3, db=1),
@@ -29,11 +29,12 @@ def gdt() -> list:
         D.encode_descriptor(0, 0xFFFFF, 0x2, db=1, g=1),
         D.encode_descriptor(0x10000, 0xFFFF, 0xB),
         D.encode_descriptor(0, 0xFFFF, 0x3),
+        D.encode_descriptor(0, 0xFFFFF, 0xB, present=0, db=1, g=1),
     ]
     return [(GDT, struct.pack(f"<{len(entries)}Q", *entries))]
 
 
-GDT_LIMIT = (len(boot.gdt_entries()) + 7) * 8 - 1
+GDT_LIMIT = (len(boot.gdt_entries()) + 8) * 8 - 1
 
 
 def protected(body: str, vector: int, gate: int = INTERRUPT_GATE, **kw) -> Snippet:

@@ -44,6 +44,17 @@ FAULTS = {
         "mov ax, 0x38\nmov ds, ax\nmov esi, 8\nmov edi, 0x20100\nmov ecx, 5\nstd\nrep movsd", 13),
     "gp_rep_outsw_reads_past_the_ds_limit": protected(
         f"mov ax, 0x38\nmov ds, ax\nmov esi, 0xffa\nmov dx, {SCRATCH_PORT}\nmov ecx, 6\nrep outsw", 13),
+    # A faulting instruction leaves no partial effect: registers, ESP and memory as before.
+    "gp_lds_with_a_bad_selector_keeps_esi": protected(
+        "mov esi, 0x1234\nmov dword ptr [0x9000], 0x5678\nmov word ptr [0x9004], 0x73\nlds esi, [0x9000]", 13),
+    "np_les_with_a_not_present_selector": protected(
+        "mov edi, 0x1234\nmov word ptr [0x9004], 0x30\nles edi, [0x9000]", 11),
+    "gp_pop_ds_with_a_bad_selector_keeps_esp": protected("push 0x73\npop ds", 13),
+    "gp_ss_with_rpl_not_cpl": protected("mov ax, 0x13\nmov ss, ax", 13),
+    "gp_far_jump_to_a_not_present_data_segment": protected("jmp 0x30:0", 13),   # type before P
+    "np_far_jump_to_a_not_present_code_segment": protected("jmp 0x68:0", 11),
+    "gp_far_call_to_a_bad_selector_pushes_nothing": protected("call 0x73:0", 13),
+    "gp_retf_to_a_bad_selector_keeps_esp": protected("push 0x73\npush 0\nretf", 13),
     "ud_ud2": protected("ud2", 6),
     "de_divide_by_zero": protected("xor ecx, ecx\ncmp esp, 0\ndiv ecx", 0),
 }
