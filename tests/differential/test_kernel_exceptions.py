@@ -44,6 +44,14 @@ FAULTS = {
         "mov ax, 0x38\nmov ds, ax\nmov esi, 8\nmov edi, 0x20100\nmov ecx, 5\nstd\nrep movsd", 13),
     "gp_rep_outsw_reads_past_the_ds_limit": protected(
         f"mov ax, 0x38\nmov ds, ax\nmov esi, 0xffa\nmov dx, {SCRATCH_PORT}\nmov ecx, 6\nrep outsw", 13),
+    # SDM REP/REPE/REPNE: "When a fault occurs during the execution of a CMPS or SCAS
+    # instruction that is prefixed with REPE or REPNE, the EFLAGS value is restored to the
+    # state prior to the execution of the instruction" (here CF=1, ZF=0 from the STC, not
+    # the ZF=1 of the two equal bytes compared before the fault).
+    "gp_repe_cmpsb_fault_restores_eflags": protected(
+        f"mov ax, 0x38\nmov ds, ax\nmov esi, 0xffe\nmov edi, {DATA + 0xffe:#x}\nmov ecx, 4\nstc\nrepe cmpsb", 13),
+    "gp_repne_scasw_fault_restores_eflags": protected(
+        "mov ax, 0x38\nmov es, ax\nmov edi, 0xffa\nmov ax, 0xeeee\nmov ecx, 4\nstc\nrepne scasw", 13),
     # A faulting instruction leaves no partial effect: registers, ESP and memory as before.
     "gp_lds_with_a_bad_selector_keeps_esi": protected(
         "mov esi, 0x1234\nmov dword ptr [0x9000], 0x5678\nmov word ptr [0x9004], 0x73\nlds esi, [0x9000]", 13),

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.differential import flags as F
-from tests.differential.harness import DATA, Ignore, Snippet, assert_same, examples, run_kernel, run_userspace
+from tests.differential.harness import DATA, SCRATCH_PORT, Ignore, Snippet, assert_same, examples, run_kernel, run_userspace
 
 pytestmark = pytest.mark.kvm
 
@@ -179,4 +179,40 @@ def test_string_instructions(op, size, mode, count, rep, down, gap, a):
     memory = [(DATA, pattern), (src + gap * 3, b"\x00\x00\x00\x00")]
     snippet = Snippet(source, bits=mode, regs={"rsi": src, "rdi": dst, "rcx": count, "rax": a},
                       memory=memory)
+    compare(snippet)
+
+
+@SETTINGS
+@given(op=st.sampled_from(["movs", "stos", "lods", "cmps", "scas", "outs", "ins"]), size=st.sampled_from("bwd"),
+       count=st.integers(0, 40), rep=st.sampled_from(["rep", "repe", "repne"]), down=st.booleans(),
+       si=st.integers(0xFFC0, 0xFFFF) | st.integers(0, 0x40), di=st.integers(0xFFC0, 0xFFFF) | st.integers(0, 0x40),
+       ds=st.sampled_from([0x0800, 0x1000, 0x2345]), es=st.sampled_from([0x0800, 0x1800, 0x3000]))
+def test_real_mode_strings_wrap_within_their_segments(op, size, count, rep, down, si, di, ds, es):
+    """16-bit addressing: SI/DI wrap at 64 KiB inside the segment, never into the next one;
+    a word or dword straddling offset 0xffff exceeds the 64 KiB limit (#GP through the IVT,
+    whose handler marks BP and abandons the rest)."""
+    if op in ("movs", "stos", "lods", "outs", "ins"):
+        assume(rep != "repne")
+    source = f"""
+        mov word ptr [13 * 4], offset limit_fault
+        mov ax, {ds:#x}
+        mov ds, ax
+        mov ax, {es:#x}
+        mov es, ax
+        mov dx, {SCRATCH_PORT}
+        mov al, 0x3c
+        {'std' if down else 'cld'}
+        {rep} {op}{size}
+        jmp done
+    limit_fault:
+        mov bp, 0xbad
+    done:
+        cld
+        xor ax, ax
+        mov ds, ax
+        mov es, ax
+    """
+    pattern = bytes((i * 5 + 1) & 0xFF for i in range(0x10000))
+    snippet = Snippet(source, regs=dict(rsi=si, rdi=di, rcx=count),
+                      memory=[(ds << 4, pattern), (es << 4, pattern[::-1])])
     compare(snippet)
