@@ -140,11 +140,17 @@ def _bulk(emu, op: int, size: int, amask: int, seg: int, count: int) -> int:
     back = bool(emu.state.rflags & FLAG_DF)
     pattern = (R[0] & _MASK[size]).to_bytes(size, "little") if op == STOS else None
     while count > 1:
-        di = R[7] & amask
-        dlin, n = _room(emu, ES, di, size, amask, back, True)
+        # Same order of checks as the first element would do them: the load (segment, page
+        # walk, accessed bit) before the store, so a fault leaves the same traces.
         if op == MOVS:
             si = R[6] & amask
             slin, ns = _room(emu, seg, si, size, amask, back, False)
+            soff = _ram_offset(emu, slin, False)
+            if soff is None:
+                return count
+        di = R[7] & amask
+        dlin, n = _room(emu, ES, di, size, amask, back, True)
+        if op == MOVS:
             n = min(n, ns)
         n = min(n, count)
         if n < 2:
@@ -158,9 +164,6 @@ def _bulk(emu, op: int, size: int, amask: int, seg: int, count: int) -> int:
         if op == STOS:
             view[dstart:dstart + nbytes] = pattern * n
         else:
-            soff = _ram_offset(emu, slin, False)
-            if soff is None:
-                return count
             sstart = soff - (nbytes - size if back else 0)
             if sstart < dstart + nbytes and dstart < sstart + nbytes:
                 return count   # overlapping: element by element
