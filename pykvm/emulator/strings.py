@@ -10,6 +10,7 @@ elements, because x86 copies element by element and a memmove would differ.
 
 from __future__ import annotations
 
+from pykvm.emulator.faults import CpuFault
 from pykvm.emulator.flags import OP_SUB, arith
 from pykvm.x86 import paging
 from pykvm.x86.bits import FLAG_DF
@@ -35,6 +36,22 @@ def string_op(emu, op: int, size: int, a32: bool, seg: int, rep: int) -> None:
                 return
     else:
         count = 1
+    if rep and op in (CMPS, SCAS):
+        # SDM (REP): a fault during REPE/REPNE CMPS or SCAS restores EFLAGS to their value
+        # before the instruction (the registers keep the progress of completed iterations).
+        saved = emu.lf
+        try:
+            _elements(emu, op, size, amask, seg, rep, count)
+        except CpuFault:
+            emu.lf = saved
+            raise
+        return
+    _elements(emu, op, size, amask, seg, rep, count)
+
+
+def _elements(emu, op: int, size: int, amask: int, seg: int, rep: int, count: int) -> None:
+    """The string operation one element at a time, ``count`` elements (1 without REP)."""
+    R = emu.R
     back = emu.state.rflags & FLAG_DF
     step = -size if back else size
     mmu = emu.mmu
