@@ -166,3 +166,31 @@ def test_fault_in_the_middle_of_rep_movs_is_restartable():
     assert mem.read(0x3FF000, 0x1000) == (bytes(range(256)) * 16)
     assert (st.gpr[1], st.gpr[6], st.gpr[7]) == (0x1000, 0x201000, 0x400000)
     assert mem.read_u32(st.gpr[4]) == ORG + 0x23     # pushed EIP: the faulting REP MOVSB
+
+
+def test_fault_in_repe_cmps_restores_eflags():
+    # SDM REP: a fault during REPE/REPNE CMPS/SCAS restores EFLAGS to their value before the
+    # instruction; ESI/EDI/ECX keep the iterations that completed.
+    code = """
+        mov esi, 0x3fe
+        mov edi, 0x200000
+        mov ecx, 4
+        stc
+        repe cmpsb
+        hlt
+        .org 0x800
+        pushfd
+        pop ebx
+        hlt
+    """
+    emu, mem, _ = protected_mode(assemble(code, 32, ORG))
+    install_gdt(emu, mem, standard_gdt() + [D.encode_descriptor(0x300000, 0x3FF, 0x2, db=1)])
+    install_idt(emu, mem, {13: D.encode_gate(0x08, ORG + 0x800)})
+    emu.state.seg[3] = emu.state.seg[3].copy()
+    emu.state.seg[3].base, emu.state.seg[3].limit = 0x300000, 0x3FF
+    emu.sync()
+    finish(emu)
+    st = emu.state
+    flags = mem.read_u32(st.gpr[4] + 12)                  # EFLAGS image in the #GP frame
+    assert flags & 1 and not flags & 0x40                  # CF from STC, not ZF from the compares
+    assert (st.gpr[1], st.gpr[6]) == (2, 0x400)            # two bytes compared before the fault
