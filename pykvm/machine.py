@@ -24,6 +24,7 @@ from pykvm.devices.serial import Serial16550
 from pykvm.emulator.state import CS, CpuState
 from pykvm.errors import EmulationError, GuestShutdownError, HostError
 from pykvm.kvm import Kvm
+from pykvm.kvm._ffi import ffi
 from pykvm.kvm.cpu_state import SYNCED_MSRS, load_state, state_from_kvm, store_state
 from pykvm.kvm.exits import IO_HEADER, IO_HEADER_OFFSET, ExitReason
 from pykvm.kvm.vcpu import SYNC_CS_L_BYTE, SYNC_EFER_LMA_BYTE
@@ -39,6 +40,25 @@ _IO_STRUCTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct(
 _EXIT_IO, _EXIT_HLT, _EXIT_MMIO, _EXIT_INTR = ExitReason.IO, ExitReason.HLT, ExitReason.MMIO, ExitReason.INTR
 _EXIT_DEBUG = ExitReason.DEBUG
 STEPPED = -1  # _run_kvm's answer when a single step completed (statuses are >= 0)
+
+
+def vcpu_cpuid(supported, apic_id: int):
+    """This vCPU's CPUID: what KVM supports, with the APIC IDs made this vCPU's own.
+
+    KVM_GET_SUPPORTED_CPUID reports the initial APIC ID of whichever host core answered
+    (leaf 1 EBX[31:24], leaves 0xB/0x1F EDX), so a VMM must set them, as QEMU and
+    Firecracker do; otherwise CPUID would differ from run to run.
+    """
+    cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": supported.nent, "entries": supported.nent})
+    cpuid.nent = supported.nent
+    ffi.memmove(cpuid.entries, supported.entries, ffi.sizeof("struct kvm_cpuid_entry2") * supported.nent)
+    for i in range(cpuid.nent):
+        e = cpuid.entries[i]
+        if e.function == 1:
+            e.ebx = (e.ebx & 0x00FFFFFF) | ((apic_id & 0xFF) << 24)
+        elif e.function in (0xB, 0x1F):
+            e.edx = apic_id
+    return cpuid
 
 
 def describe_mode(state: CpuState) -> str:
@@ -79,7 +99,8 @@ class Machine:
             self.vm = self.kvm.create_vm()
             self.memory = self.vm.create_memory(memory_size)
             self.vcpu = self.vm.create_vcpu()
-            self.vcpu.set_cpuid(self.kvm.supported_cpuid())
+            self._cpuid = vcpu_cpuid(self.kvm.supported_cpuid(), self.vcpu.index)
+            self.vcpu.set_cpuid(self._cpuid)
             self.vcpu.enable_sync_regs()
         except BaseException:
             self.close()
@@ -98,7 +119,7 @@ class Machine:
 
     # -- setup ------------------------------------------------------------------------------
     def _build_cpuid_table(self) -> dict[tuple[int, int], tuple[int, int, int, int]]:
-        cpuid = self.kvm.supported_cpuid()
+        cpuid = self._cpuid
         table = {}
         for i in range(cpuid.nent):
             e = cpuid.entries[i]
@@ -126,6 +147,8 @@ class Machine:
         """Start the vCPU from ``state`` (in the emulator or in KVM, whichever its mode calls for)."""
         self.state = state
         self.in_pvm_mode = False
+        if self._emulator is not None:
+            self._emulator.state = state  # also drops its translations: guest memory was rewritten
         if self.emulator_kind == "kernel" or pvm.may_convert(state):
             self._enter_kvm()
 

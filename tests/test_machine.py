@@ -148,3 +148,26 @@ def test_guest_returning_to_non_pvm_mode_is_taken_over_by_the_userspace_emulator
         assert machine.stats.emulated_instructions == 7  # in, mov, and, mov cr0, mov, out, hlt
         state = machine.current_state()
         assert not state.cr0 & 0x80000000 and not state.efer & 0x400  # paging off left long mode
+
+
+def test_cpuid_reports_this_vcpus_apic_id_under_kvm_and_in_the_emulator():
+    code32 = assemble("mov eax, 1\ncpuid\nhlt", bits=32)
+    code64 = assemble("mov eax, 1\ncpuid\nhlt")
+    with Machine(serial_output=io.BytesIO()) as machine:
+        machine.load(code32, "flat", mode="protected")
+        machine.run(timeout=10)
+        emulated = machine.current_state().gpr[3]
+        machine.load(code64, "flat", mode="long")
+        machine.run(timeout=10)
+        hardware = machine.current_state().gpr[3]
+    assert emulated >> 24 == hardware >> 24 == 0
+    assert emulated == hardware
+
+
+def test_loading_a_second_image_restarts_the_emulator_on_the_new_state():
+    with Machine(serial_output=io.BytesIO()) as machine:
+        machine.load(assemble("mov eax, 1\nhlt", bits=32), "flat", mode="protected")
+        machine.run(timeout=10)
+        machine.load(assemble("mov eax, 2\nhlt", bits=32), "flat", mode="protected")
+        machine.run(timeout=10)
+        assert machine.current_state().gpr[0] == 2
