@@ -7,12 +7,14 @@ Exit status of ``pykvm run``: the guest's debug-exit status ``(value << 1) | 1``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 
 import click
 
 from pykvm import pvm
+from pykvm.emulator.state import CS
 from pykvm.errors import INTERNAL_BUG_EXIT, BadInputError, InterruptedByUser, PykvmError
 
 MEMORY_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -127,7 +129,9 @@ def _open_serial(serial: str):
         raise BadInputError(f"--serial {serial}: {e.strerror}") from None
 
 
-def _machine_for(image, fmt, mode, load_addr, entry, mem, cmdline, serial_out, emulator, emul_batch):
+@contextlib.contextmanager
+def _guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emulator, emul_batch):
+    """A Machine with IMAGE loaded as the image options say; closes it and the serial file after."""
     from pykvm.guests import resolve_image
     from pykvm.machine import Machine
 
@@ -139,13 +143,14 @@ def _machine_for(image, fmt, mode, load_addr, entry, mem, cmdline, serial_out, e
         data = path.read_bytes()
     except OSError as e:
         raise BadInputError(f"{path}: {e.strerror}") from None
-    machine = Machine(memory_size, serial_output=serial_out, emulator=emulator, emul_batch=emul_batch)
+    serial_out, close_serial = _open_serial(serial)
     try:
-        machine.load(data, fmt, mode=mode, load_addr=load_addr, entry=entry, cmdline=cmdline)
-    except BaseException:
-        machine.close()
-        raise
-    return machine
+        with Machine(memory_size, serial_output=serial_out, emulator=emulator, emul_batch=emul_batch) as machine:
+            machine.load(data, fmt, mode=mode, load_addr=load_addr, entry=entry, cmdline=cmdline)
+            yield machine
+    finally:
+        if close_serial:
+            serial_out.close()
 
 
 @main.command()
@@ -153,7 +158,7 @@ def _machine_for(image, fmt, mode, load_addr, entry, mem, cmdline, serial_out, e
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop the guest after this many seconds (exit status 10).")
 @click.option("--stats", is_flag=True, help="Print run statistics to stderr at the end.")
-def run(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emulator, emul_batch, verbose, timeout, stats):
+def run(verbose, timeout, stats, **image_options):
     """Run IMAGE (default: the built-in boot16to64 guest) until it exits.
 
     IMAGE may be a flat binary, a boot sector, an ELF or a multiboot kernel, or a
@@ -162,20 +167,14 @@ def run(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emulator, emul
     _setup_logging(verbose)
 
     def body() -> int:
-        serial_out, close_serial = _open_serial(serial)
-        try:
-            with _machine_for(image, fmt, mode, load_addr, entry, mem, cmdline, serial_out, emulator,
-                              emul_batch) as machine:
-                try:
-                    return machine.run(timeout=timeout)
-                finally:
-                    if stats:
-                        s = machine.stats
-                        click.echo(f"pykvm: {s.emulated_instructions} instructions emulated, {s.kvm_exits} KVM "
-                                   f"exits, {s.conversions} conversions to PVM mode, {s.seconds:.3f}s", err=True)
-        finally:
-            if close_serial:
-                serial_out.close()
+        with _guest_machine(**image_options) as machine:
+            try:
+                return machine.run(timeout=timeout)
+            finally:
+                if stats:
+                    s = machine.stats
+                    click.echo(f"pykvm: {s.emulated_instructions} instructions emulated, {s.kvm_exits} KVM "
+                               f"exits, {s.conversions} conversions to PVM mode, {s.seconds:.3f}s", err=True)
 
     sys.exit(_guarded(body))
 
@@ -186,8 +185,7 @@ def run(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emulator, emul
               help="Instructions to execute.")
 @click.option("--regs/--no-regs", default=True, show_default=True, help="Dump the registers at the end.")
 @click.option("--every", is_flag=True, help="Dump the registers after every instruction.")
-def step(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emulator, emul_batch, verbose, count, regs,
-         every):
+def step(verbose, count, regs, every, **image_options):
     """Execute IMAGE one instruction at a time, printing each (emulated or KVM single-step)."""
     from pykvm.debug.disasm import disassemble_at
     from pykvm.debug.dump import format_registers
@@ -196,30 +194,22 @@ def step(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emulator, emu
     _setup_logging(verbose)
 
     def body() -> int:
-        serial_out, close_serial = _open_serial(serial)
-        try:
-            with _machine_for(image, fmt, mode, load_addr, entry, mem, cmdline, serial_out, emulator,
-                              emul_batch) as machine:
-                status = 0
-                for n in range(count):
-                    state = machine.current_state()
-                    where = "kvm" if machine.in_pvm_mode or emulator == "kernel" or pvm.may_convert(state) else "emu"
-                    decoded = disassemble_at(machine.memory, state, 1)
-                    text = f"{decoded[0].code.hex(' '):<24} {decoded[0].text}" if decoded else "<no code>"
-                    click.echo(f"{n:>6} {where} {describe_mode(state):<28} {state.seg[1].selector:04x}:"
-                               f"{state.rip:08x}  {text}")
-                    result = machine.step()
-                    if every:
-                        click.echo(format_registers(machine.current_state()))
-                    if result is not None:
-                        click.echo(f"guest ended with status {result}")
-                        status = result
-                        break
-                if regs and not every:
+        with _guest_machine(**image_options) as machine:
+            for n in range(count):
+                state = machine.current_state()
+                in_kvm = machine.in_pvm_mode or machine.emulator_kind == "kernel" or pvm.may_convert(state)
+                decoded = disassemble_at(machine.memory, state, 1)
+                text = f"{decoded[0].code.hex(' '):<24} {decoded[0].text}" if decoded else "<no code>"
+                click.echo(f"{n:>6} {'kvm' if in_kvm else 'emu'} {describe_mode(state):<28} "
+                           f"{state.seg[CS].selector:04x}:{state.rip:08x}  {text}")
+                result = machine.step()
+                if every:
                     click.echo(format_registers(machine.current_state()))
-                return status
-        finally:
-            if close_serial:
-                serial_out.close()
+                if result is not None:
+                    click.echo(f"guest ended with status {result}")
+                    return result
+            if regs and not every:
+                click.echo(format_registers(machine.current_state()))
+            return 0
 
     sys.exit(_guarded(body))

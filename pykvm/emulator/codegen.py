@@ -67,6 +67,20 @@ class Invalid(Exception):
     """Encoding that raises #UD on a real CPU in this mode."""
 
 
+def handler_table() -> tuple[dict, "callable"]:
+    """A family module's part of the opcode table and its ``@handles(*mnemonics)`` decorator."""
+    table: dict = {}
+
+    def handles(*mnemonics):
+        def register(fn):
+            for m in mnemonics:
+                table[m] = fn
+            return fn
+        return register
+
+    return table, handles
+
+
 class TranslateContext:
     """What a handler may bake into its code: the mode the block is translated for."""
 

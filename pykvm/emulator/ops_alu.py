@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import iced_x86 as X
 
-from pykvm.emulator.codegen import MASKS, MNEMONIC_NAMES, REG_INFO, SIGNS, Invalid
+from pykvm.emulator.codegen import Invalid, MASKS, MNEMONIC_NAMES, REG_INFO, SIGNS, handler_table
 from pykvm.emulator.flags import OP_ADD, OP_DEC, OP_INC, OP_RES, OP_SUB
 
 M = X.Mnemonic
-HANDLERS: dict = {}
+HANDLERS, handles = handler_table()
 
-
-def handles(*mnemonics):
-    def deco(fn):
-        for m in mnemonics:
-            HANDLERS[m] = fn
-        return fn
-    return deco
 
 
 def kind(op, size):

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import iced_x86 as X
 
-from pykvm.emulator.codegen import MASKS, REG_INFO, SEG_INDEX, Invalid
+from pykvm.emulator.codegen import Invalid, MASKS, REG_INFO, SEG_INDEX, handler_table
 from pykvm.emulator.state import SS
 
 M = X.Mnemonic
-HANDLERS: dict = {}
+HANDLERS, handles = handler_table()
 
-
-def handles(*mnemonics):
-    def deco(fn):
-        for m in mnemonics:
-            HANDLERS[m] = fn
-        return fn
-    return deco
 
 
 _RD = {1: "rd1", 2: "rd2", 4: "rd4"}

@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import iced_x86 as X
 
-from pykvm.emulator.codegen import CODE_NAMES, MASKS, MNEMONIC_NAMES, Invalid
+from pykvm.emulator.codegen import CODE_NAMES, Invalid, MASKS, MNEMONIC_NAMES, handler_table
 from pykvm.emulator.ops_alu import CC_OF, cond_expr
 from pykvm.emulator.ops_data import emit_pop, emit_push
 
 M = X.Mnemonic
 OK = X.OpKind
-HANDLERS: dict = {}
+HANDLERS, handles = handler_table()
 
-
-def handles(*mnemonics):
-    def deco(fn):
-        for m in mnemonics:
-            HANDLERS[m] = fn
-        return fn
-    return deco
 
 
 def _jcc(g):

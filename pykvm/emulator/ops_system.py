@@ -5,23 +5,16 @@ from __future__ import annotations
 
 import iced_x86 as X
 
-from pykvm.emulator.codegen import MASKS, REG_INFO, SEG_INDEX, Invalid
+from pykvm.emulator.codegen import Invalid, MASKS, REG_INFO, SEG_INDEX, handler_table
 
 M = X.Mnemonic
 OK = X.OpKind
 R_ = X.Register
-HANDLERS: dict = {}
+HANDLERS, handles = handler_table()
 
 _CR = {R_.CR0: 0, R_.CR2: 2, R_.CR3: 3, R_.CR4: 4, R_.CR8: 8}
 _DR = {getattr(R_, f"DR{i}"): i for i in range(8)}
 
-
-def handles(*mnemonics):
-    def deco(fn):
-        for m in mnemonics:
-            HANDLERS[m] = fn
-        return fn
-    return deco
 
 
 def mov_to_crdr(g):
