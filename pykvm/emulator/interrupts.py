@@ -82,6 +82,28 @@ def _gate_error(vector: int, ext: int) -> int:
     return vector * 8 + 2 + ext
 
 
+def _gate_target(emu, gate, vector: int, ext: int, software: bool, cpl: int, long_mode: bool):
+    """The checks shared by legacy and IA-32e delivery on a gate and the code segment it names.
+
+    Returns (selector, raw descriptor, descriptor address, decoded descriptor). In IA-32e
+    mode the target must be 64-bit code (L=1, D=0).
+    """
+    if software and gate.dpl < cpl:
+        raise CpuFault(EXC_GP, _gate_error(vector, 0))
+    if not gate.present:
+        raise CpuFault(EXC_NP, _gate_error(vector, ext))
+    sel = gate.selector
+    if sel & 0xFFFC == 0:
+        raise CpuFault(EXC_GP, ext)
+    raw, addr = segments.read_descriptor(emu, sel, ext=ext)
+    d = D.decode_descriptor(raw)
+    if not d.is_code or d.dpl > cpl or (long_mode and (not d.l or d.db)):
+        raise CpuFault(EXC_GP, (sel & 0xFFFC) | ext)
+    if not d.present:
+        raise CpuFault(EXC_NP, (sel & 0xFFFC) | ext)
+    return sel, raw, addr, d
+
+
 def _deliver_protected(emu, vector, error_code, return_eip, software, rf=0) -> None:
     st = emu.state
     ext = 0 if software else 1
@@ -93,19 +115,7 @@ def _deliver_protected(emu, vector, error_code, return_eip, software, rf=0) -> N
     if gate.type not in (D.SYS_INT_GATE16, D.SYS_TRAP_GATE16, D.SYS_INT_GATE32, D.SYS_TRAP_GATE32):
         raise CpuFault(EXC_GP, _gate_error(vector, ext))
     cpl = st.cpl
-    if software and gate.dpl < cpl:
-        raise CpuFault(EXC_GP, _gate_error(vector, 0))
-    if not gate.present:
-        raise CpuFault(EXC_NP, _gate_error(vector, ext))
-    sel = gate.selector
-    if sel & 0xFFFC == 0:
-        raise CpuFault(EXC_GP, ext)
-    raw, addr = segments.read_descriptor(emu, sel, ext=ext)
-    d = D.decode_descriptor(raw)
-    if not d.is_code or d.dpl > cpl:
-        raise CpuFault(EXC_GP, (sel & 0xFFFC) | ext)
-    if not d.present:
-        raise CpuFault(EXC_NP, (sel & 0xFFFC) | ext)
+    sel, raw, addr, d = _gate_target(emu, gate, vector, ext, software, cpl, long_mode=False)
     if gate.offset > d.limit:
         raise CpuFault(EXC_GP, ext)
     size = 4 if gate.type & 8 else 2
@@ -185,19 +195,7 @@ def _deliver_long(emu, vector, error_code, return_eip, software, rf=0) -> None:
     if gate.type not in (D.SYS_INT_GATE32, D.SYS_TRAP_GATE32):
         raise CpuFault(EXC_GP, _gate_error(vector, ext))
     cpl = st.cpl
-    if software and gate.dpl < cpl:
-        raise CpuFault(EXC_GP, _gate_error(vector, 0))
-    if not gate.present:
-        raise CpuFault(EXC_NP, _gate_error(vector, ext))
-    sel = gate.selector
-    if sel & 0xFFFC == 0:
-        raise CpuFault(EXC_GP, ext)
-    raw, addr = segments.read_descriptor(emu, sel, ext=ext)
-    d = D.decode_descriptor(raw)
-    if not d.is_code or not d.l or d.db or d.dpl > cpl:
-        raise CpuFault(EXC_GP, (sel & 0xFFFC) | ext)
-    if not d.present:
-        raise CpuFault(EXC_NP, (sel & 0xFFFC) | ext)
+    sel, raw, addr, d = _gate_target(emu, gate, vector, ext, software, cpl, long_mode=True)
     flags = emu.get_flags()
     new_cpl = cpl if d.type & D.TYPE_CODE_CONFORMING else d.dpl
     ist = (lo >> 32) & 7
