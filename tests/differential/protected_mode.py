@@ -37,16 +37,21 @@ def gdt() -> list:
 GDT_LIMIT = (len(boot.gdt_entries()) + 8) * 8 - 1
 
 
-def protected(body: str, vector: int, gate: int = INTERRUPT_GATE, **kw) -> Snippet:
-    """``body`` in protected mode with the bigger GDT and one IDT gate for ``vector``."""
+def protected(body: str, vector, gate: int = INTERRUPT_GATE, **kw) -> Snippet:
+    """``body`` in protected mode with the bigger GDT and IDT gates for ``vector`` (one
+    vector or several), all leading to a handler that records ESP in EBP and halts."""
+    vectors = [vector] if isinstance(vector, int) else list(vector)
+    gates = "\n".join(f"""
+        mov word ptr [{IDT + v * 8:#x}], ax
+        mov word ptr [{IDT + v * 8 + 2:#x}], 0x08
+        mov word ptr [{IDT + v * 8 + 4:#x}], {gate:#x}
+        mov word ptr [{IDT + v * 8 + 6:#x}], dx""" for v in vectors)
     source = f"""
         lgdt [gdtr]
         mov eax, offset handler
-        mov word ptr [{IDT + vector * 8:#x}], ax
-        mov word ptr [{IDT + vector * 8 + 2:#x}], 0x08
-        mov word ptr [{IDT + vector * 8 + 4:#x}], {gate:#x}
-        shr eax, 16
-        mov word ptr [{IDT + vector * 8 + 6:#x}], ax
+        mov edx, eax
+        shr edx, 16
+        {gates}
         lidt [idtr]
         jmp start
     gdtr: .word {GDT_LIMIT}

@@ -86,6 +86,20 @@ def test_faults_push_eflags_with_rf_set(name):
     assert pushed & FLAG_RF, f"the emulator pushed EFLAGS {pushed:#x} without RF for a fault"
 
 
+def test_exception_frames_are_pushed_through_ss_base():
+    """SDM 6.12.1: with no privilege change the handler "uses the stack of the interrupted
+    procedure": the frame goes to SS:ESP, i.e. at SS.base + ESP - 12. Measured on these
+    hosts, the kernel pushes it at linear ESP - 12 instead, ignoring SS.base (0x9000 here),
+    so the emulator is checked against the SDM."""
+    snippet = protected("mov ax, 0x38\nmov ss, ax\nmov esp, 0x800\nud2", 6)
+    emulator = run_userspace(snippet)
+    frame = DATA + 0x800 - 12
+    eip, cs, eflags = struct.unpack_from("<3I", emulator.memory, frame)
+    ud2 = snippet.code_address + snippet.code.index(b"\x0f\x0b")
+    assert (eip, cs) == (ud2, 0x08) and eflags & FLAG_RF
+    assert emulator.reg("rbp") == 0x800 - 12 and emulator.segment("ss")["base"] == DATA
+
+
 def test_stack_fault_without_a_usable_stack_shuts_down():
     """#SS at CPL 0 has no other stack to go to: delivering it faults again (#DF), and
     delivering #DF faults a third time: a triple fault on both."""
