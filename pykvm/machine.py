@@ -115,6 +115,7 @@ class Machine:
         self._cpuid_table = self._build_cpuid_table()
         self._single_stepping = False
         self._in_step = False
+        self._last_mode = None     # for -v: the mode last logged
         self.image = None
 
     # -- setup ------------------------------------------------------------------------------
@@ -241,9 +242,12 @@ class Machine:
 
     def _run_emulator(self) -> int | None:
         emulator = self.emulator
-        outcome, count = pvm.handle_non_pvm_mode(emulator, self.emul_batch, self.events,
-                                                 observer=self._observe_mode if log.isEnabledFor(logging.INFO) else None)
-        self.stats.emulated_instructions += count
+        observer = self._observe_mode if log.isEnabledFor(logging.INFO) else None
+        try:
+            outcome, _ = pvm.handle_non_pvm_mode(emulator, self.emul_batch, self.events, observer=observer)
+        finally:
+            # The emulator's own count: a batch cut short by a debug-exit write still counts.
+            self.stats.emulated_instructions = emulator.instructions_executed
         if outcome is pvm.Outcome.CONVERTED:
             self._enter_kvm()
         elif outcome is pvm.Outcome.HALTED:
@@ -253,9 +257,9 @@ class Machine:
 
     def _observe_mode(self, state: CpuState, count: int) -> None:
         mode = describe_mode(state)
-        if mode != getattr(self, "_last_mode", None):
+        if mode != self._last_mode:
             log.info("mode: %s at rip=%#x after %d emulated instructions", mode, state.rip,
-                     self.stats.emulated_instructions + count)
+                     self._emulator.instructions_executed)
             self._last_mode = mode
 
     def _run_kvm(self) -> int | None:
@@ -359,8 +363,10 @@ class Machine:
             self._in_step = False
 
     def _step_emulator(self) -> int | None:
-        self.emulator.step()
-        self.stats.emulated_instructions += 1
+        try:
+            self.emulator.step()
+        finally:
+            self.stats.emulated_instructions = self.emulator.instructions_executed
         if not pvm.is_supervisor(self.state):
             raise EmulationError("guest switched to user mode outside PVM mode", rip=self.state.rip)
         if self.state.halted:

@@ -171,3 +171,11 @@ def test_loading_a_second_image_restarts_the_emulator_on_the_new_state():
         machine.load(assemble("mov eax, 2\nhlt", bits=32), "flat", mode="protected")
         machine.run(timeout=10)
         assert machine.current_state().gpr[0] == 2
+
+
+def test_instruction_count_includes_a_batch_cut_short_by_the_debug_exit():
+    code = assemble("nop\nnop\nnop\nxor eax, eax\nout 0xf4, al", bits=32)
+    with Machine(serial_output=io.BytesIO()) as machine:
+        machine.load(code, "flat", mode="protected")
+        assert machine.run(timeout=10) == 1
+        assert machine.stats.emulated_instructions == 5

@@ -323,10 +323,15 @@ class Emulator(SystemOps):
         except GuestShutdownError:
             raise
         except Exception as e:
+            if not _raised_by_emulator(e):
+                # A device's exception (e.g. the debug-exit port) passes through. The access
+                # happened, so its instruction counts as executed and RIP moves past it.
+                if blk is not None and 0 <= i < len(blk.eips) - 1:
+                    st.rip = blk.eips[i + 1]
+                    done += i + 1
+                raise
             if blk is not None and 0 <= i < len(blk.eips):
                 st.rip = blk.eips[i]
-            if not _raised_by_emulator(e):
-                raise          # a device's exception (e.g. the debug-exit port) passes through
             # A bug in the emulator: report it with the instruction rather than a bare traceback.
             raise self._emulation_error(f"internal emulator error {type(e).__name__}: {e}") from e
         finally:
