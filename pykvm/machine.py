@@ -269,7 +269,8 @@ class Machine:
         the mmap'd ``kvm_run``, one bus dispatch; no records, no allocation beyond ints.
         """
         vcpu = self.vcpu
-        run_raw = vcpu.run_raw
+        ioctl, fd, run_request, run_arg = vcpu.run_call()
+        kvm_run = vcpu.kvm_run
         view = vcpu._view
         view_len = len(view)
         read_io_header = IO_HEADER.unpack_from
@@ -281,7 +282,9 @@ class Machine:
         lma_byte, cs_l_byte = SYNC_EFER_LMA_BYTE, SYNC_CS_L_BYTE
         try:
             while not events.pending:
-                reason = run_raw()
+                if ioctl(fd, run_request, run_arg) < 0:
+                    vcpu.run_failed()
+                reason = kvm_run.exit_reason
                 exits += 1
                 if reason == _EXIT_IO:
                     direction, size, port, count, off = read_io_header(view, IO_HEADER_OFFSET)
@@ -289,7 +292,12 @@ class Machine:
                     if st is None or off + size * count > view_len:
                         raise EmulationError(f"KVM reported {count}x{size}-byte I/O data at {off:#x} "
                                              "outside kvm_run")
-                    if direction:
+                    if count == 1:
+                        if direction:
+                            pio.write(port, size, st.unpack_from(view, off)[0])
+                        else:
+                            st.pack_into(view, off, pio.read(port, size))
+                    elif direction:
                         for i in range(count):
                             pio.write(port, size, st.unpack_from(view, off + i * size)[0])
                     else:

@@ -56,11 +56,22 @@ class Vcpu:
     def run_raw(self) -> int:
         """KVM_RUN, returning the raw exit reason: the run loop's hot path, no record lookup."""
         if _ioctl(self.fd, _KVM_RUN, NULL) < 0:
-            err = ffi.errno
-            if err != errno.EINTR and err != errno.EAGAIN:
-                raise KvmIoctlError("KVM_RUN", err, os.strerror(err))
-            self.kvm_run.exit_reason = ExitReason.INTR  # interrupted: report it as KVM itself would
+            self.run_failed()
         return self.kvm_run.exit_reason
+
+    def run_call(self) -> tuple:
+        """(ioctl, fd, request, arg) of KVM_RUN, for a run loop that issues it inline.
+
+        When the call returns < 0 the loop must call ``run_failed()``.
+        """
+        return _ioctl, self.fd, _KVM_RUN, NULL
+
+    def run_failed(self) -> None:
+        """KVM_RUN returned -1: a signal or ``immediate_exit`` becomes an INTR exit, anything else raises."""
+        err = ffi.errno
+        if err != errno.EINTR and err != errno.EAGAIN:
+            raise KvmIoctlError("KVM_RUN", err, os.strerror(err))
+        self.kvm_run.exit_reason = ExitReason.INTR  # interrupted: report it as KVM itself would
 
     def exit_record(self, reason: int | None = None) -> Exit:
         """The typed record of the last exit (valid until the next run)."""
