@@ -88,9 +88,11 @@ def test_kernel_emulator_boots_the_default_guest_through_every_mode():
 
 
 def test_machines_close_every_fd(open_fds):
+    """Both paths: KVM_RUN only, and the emulator holding views of guest RAM."""
     before = open_fds()
-    for _ in range(20):
+    for _ in range(10):
         run_image(assemble("hlt"))
+        run_image(assemble("mov eax, 1\nmov [0x2000], eax\nhlt", bits=32), mode="protected")
     assert open_fds() == before
 
 
