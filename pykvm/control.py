@@ -1,30 +1,35 @@
 """Stopping a run from outside the guest: ``--timeout`` and Ctrl-C.
 
-Both arrive as signals. The handlers only set flags that the run loops poll
-(``Events.pending`` between emulator batches) and ``kvm_run.immediate_exit``, so a
-vCPU blocked in ``KVM_RUN`` returns with EINTR. The timeout timer re-fires every
-50 ms after its deadline, which closes the window where a signal lands just
-before ``KVM_RUN`` is entered.
+Both arrive as signals. Python runs a signal handler only between bytecodes, so a
+handler cannot reach into a vCPU blocked in ``KVM_RUN``: the signal that interrupts
+KVM_RUN (EINTR) is what brings control back. A signal that lands just *before*
+KVM_RUN is entered has already been consumed by then, and a guest spinning without
+exits would never come back. So during a run a watchdog timer ticks every 100 ms: each
+tick interrupts KVM_RUN, lets the pending handlers run, and checks the deadline. The
+handlers only set flags the run loops poll (``Events.pending`` between emulator
+batches) and ``kvm_run.immediate_exit``, so the next KVM_RUN returns at once.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 
 from pykvm.errors import GuestTimeoutError, InterruptedByUser
 from pykvm.pvm import Events
 
 
 class RunControl:
-    """Install SIGALRM/SIGINT handlers for one run; ``raise_if_stopped()`` turns a request into its error."""
+    """Install SIGINT and a SIGALRM watchdog for one run; ``raise_if_stopped()`` turns a request into its error."""
 
-    RETRIGGER = 0.05
+    TICK = 0.1
 
     def __init__(self, events: Events, vcpus, timeout: float | None):
         self.events = events
         self.vcpus = vcpus
         self.timeout = timeout
+        self.deadline: float | None = None
         self.reason: str | None = None
         self._saved = {}
 
@@ -42,13 +47,19 @@ class RunControl:
         if self.reason == "interrupt":
             raise InterruptedByUser("interrupted by Ctrl-C")
 
+    def _tick(self, *_) -> None:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.request_stop("timeout")
+
     def __enter__(self) -> "RunControl":
+        if self.timeout is not None:
+            self.deadline = time.monotonic() + self.timeout
         if threading.current_thread() is not threading.main_thread():
             return self  # signals only reach the main thread; callers elsewhere use request_stop()
         self._saved[signal.SIGINT] = signal.signal(signal.SIGINT, lambda *_: self.request_stop("interrupt"))
-        if self.timeout is not None:
-            self._saved[signal.SIGALRM] = signal.signal(signal.SIGALRM, lambda *_: self.request_stop("timeout"))
-            signal.setitimer(signal.ITIMER_REAL, max(self.timeout, 1e-3), self.RETRIGGER)
+        self._saved[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._tick)
+        first = self.TICK if self.timeout is None else max(min(self.timeout, self.TICK), 1e-3)
+        signal.setitimer(signal.ITIMER_REAL, first, self.TICK)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -346,7 +346,16 @@ class Machine:
         if reason == ExitReason.SYSTEM_EVENT:
             raise GuestShutdownError(f"guest requested {exit_.describe()} at rip={rip:#x}")
         if reason == ExitReason.INTERNAL_ERROR:
-            raise EmulationError(f"KVM {exit_.describe()}", rip=rip, code=exit_.instruction_bytes)
+            code = exit_.instruction_bytes
+            mnemonic = ""
+            if code:
+                from pykvm.debug.disasm import bitness, disassemble
+
+                decoded = disassemble(code, rip, bitness(self.current_state()))
+                if decoded:  # KVM hands over 15 fetched bytes; name just the instruction's
+                    code, mnemonic = decoded[0].code, decoded[0].text
+            raise EmulationError(f"KVM internal error: {exit_.suberror_name}", rip=rip, code=code,
+                                 mnemonic=mnemonic)
         raise EmulationError(f"unexpected KVM exit: {exit_.describe()}", rip=rip)
 
     # -- stepping -----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -150,3 +151,23 @@ def test_step_prints_each_instruction_and_the_registers():
     assert lines[0].split()[1] == "kvm" and "lea rsi" in lines[0]
     assert len([line for line in lines if "long mode (64-bit)" in line]) == 3
     assert "Registers:" in result.output and "Segment registers:" in result.output
+
+
+@pytest.mark.kvm
+def test_kernel_emulation_failure_is_status_8_naming_rip_bytes_and_mnemonic():
+    """The host kernel cannot IRET in protected mode (../shared/PVM.md): one line names it all."""
+    result = invoke("run", "--emulator", "kernel", "--mode", "protected", "guests/selftest32.S")
+    if result.exit_code == 1:
+        pytest.skip("this host's kernel emulates protected-mode IRET")
+    assert result.exit_code == 8
+    last = result.output.strip().splitlines()[-1]
+    assert re.search(r"rip=0x[0-9a-f]+ bytes=cf \(iretd\)$", last), last
+
+
+@pytest.mark.kvm
+def test_unemulated_instruction_is_status_8_naming_it(tmp_path):
+    path = tmp_path / "sysenter.bin"
+    path.write_bytes(b"\x0f\x34")
+    result = invoke("run", "--mode", "protected", str(path))
+    assert result.exit_code == 8
+    assert "rip=0x100000 bytes=0f 34 (sysenter)" in result.output

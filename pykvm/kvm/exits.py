@@ -253,9 +253,12 @@ class InternalErrorExit(Exit):
         n = min(ef.insn_size, 15)
         return bytes(ef.insn_bytes)[:n]
 
+    @property
+    def suberror_name(self) -> str:
+        return INTERNAL_ERROR_NAMES.get(self.suberror, f"suberror {self.suberror}")
+
     def describe(self) -> str:
-        name = INTERNAL_ERROR_NAMES.get(self.suberror, f"suberror {self.suberror}")
-        text = f"internal error: {name}"
+        text = f"internal error: {self.suberror_name}"
         if self.instruction_bytes:
             text += f" bytes={self.instruction_bytes.hex(' ')}"
         return text
