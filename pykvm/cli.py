@@ -114,6 +114,7 @@ def _image_options(f):
         click.option("--emul-batch", type=click.IntRange(1), default=pvm.DEFAULT_BATCH, show_default=True,
                      help="Instructions emulated per batch before checking for events."),
         click.option("-v", "--verbose", count=True, help="Log mode switches and exits (-vv: every access)."),
+        click.option("--device", default="/dev/kvm", show_default=True, help="KVM device to use."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -130,7 +131,7 @@ def _open_serial(serial: str):
 
 
 @contextlib.contextmanager
-def _guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emulator, emul_batch):
+def _guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emulator, emul_batch, device):
     """A Machine with IMAGE loaded as the image options say; closes it and the serial file after."""
     from pykvm.guests import resolve_image
     from pykvm.machine import Machine
@@ -145,7 +146,8 @@ def _guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emu
         raise BadInputError(f"{path}: {e.strerror}") from None
     serial_out, close_serial = _open_serial(serial)
     try:
-        with Machine(memory_size, serial_output=serial_out, emulator=emulator, emul_batch=emul_batch) as machine:
+        with Machine(memory_size, serial_output=serial_out, emulator=emulator, emul_batch=emul_batch,
+                     kvm_path=device) as machine:
             machine.load(data, fmt, mode=mode, load_addr=load_addr, entry=entry, cmdline=cmdline)
             yield machine
     finally:

@@ -171,3 +171,19 @@ def test_unemulated_instruction_is_status_8_naming_it(tmp_path):
     result = invoke("run", "--mode", "protected", str(path))
     assert result.exit_code == 8
     assert "rip=0x100000 bytes=0f 34 (sysenter)" in result.output
+
+
+def test_run_without_the_device_is_status_4(tmp_path):
+    result = invoke("run", "--device", str(tmp_path / "kvm"), "--mode", "long", "guests/hello64.S")
+    assert result.exit_code == 4
+    assert result.output.strip().splitlines()[-1].endswith("(is the kvm module loaded?)")
+
+
+@pytest.mark.kvm
+def test_emulated_triple_fault_is_status_6(tmp_path):
+    """#UD with no IDT in protected mode: #GP while delivering, #DF, then shutdown — all in pykvm."""
+    path = tmp_path / "ud2.bin"
+    path.write_bytes(b"\x0f\x0b")
+    result = invoke("run", "--mode", "protected", str(path))
+    assert result.exit_code == 6
+    assert "triple fault" in result.output and "#DF" in result.output
