@@ -2,8 +2,8 @@
 between the userspace emulator (non-PVM mode) and ``KVM_RUN`` (PVM mode).
 
 State crosses between the two only at mode boundaries: ``store_state`` once on
-conversion to PVM mode, ``state_from_kvm`` (from the sync-regs area KVM fills on
-every exit, so no extra ioctl) when an exit shows the vCPU back in non-PVM mode.
+conversion to PVM mode; ``state_from_kvm`` when an exit shows the vCPU back in non-PVM
+mode (regs and sregs from the sync-regs area KVM fills on every exit, MSRs in one GET).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 from pykvm import pvm
 from pykvm.control import RunControl
+from pykvm.cpuid import CpuidTable, vcpu_cpuid
 from pykvm.devices import debug_exit
 from pykvm.devices.bus import Bus
 from pykvm.devices.debug_exit import DebugExit, GuestExit
@@ -24,7 +25,6 @@ from pykvm.devices.serial import Serial16550
 from pykvm.emulator.state import CS, CpuState
 from pykvm.errors import EmulationError, GuestShutdownError, HostError
 from pykvm.kvm import Kvm
-from pykvm.kvm._ffi import ffi
 from pykvm.kvm.cpu_state import SYNCED_MSRS, load_state, state_from_kvm, store_state
 from pykvm.kvm.exits import IO_HEADER, IO_HEADER_OFFSET, ExitReason
 from pykvm.kvm.vcpu import SYNC_CS_L_BYTE, SYNC_EFER_LMA_BYTE
@@ -35,30 +35,10 @@ log = logging.getLogger("pykvm")
 COM1 = 0x3F8
 DEFAULT_MEMORY = 64 << 20
 EMULATORS = ("userspace", "kernel")
-_CPUID_FLAG_SIGNIFICANT_INDEX = 1
 _IO_STRUCTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I")}
 _EXIT_IO, _EXIT_HLT, _EXIT_MMIO, _EXIT_INTR = ExitReason.IO, ExitReason.HLT, ExitReason.MMIO, ExitReason.INTR
 _EXIT_DEBUG = ExitReason.DEBUG
 STEPPED = -1  # _run_kvm's answer when a single step completed (statuses are >= 0)
-
-
-def vcpu_cpuid(supported, apic_id: int):
-    """This vCPU's CPUID: what KVM supports, with the APIC IDs made this vCPU's own.
-
-    KVM_GET_SUPPORTED_CPUID reports the initial APIC ID of whichever host core answered
-    (leaf 1 EBX[31:24], leaves 0xB/0x1F EDX), so a VMM must set them, as QEMU and
-    Firecracker do; otherwise CPUID would differ from run to run.
-    """
-    cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": supported.nent, "entries": supported.nent})
-    cpuid.nent = supported.nent
-    ffi.memmove(cpuid.entries, supported.entries, ffi.sizeof("struct kvm_cpuid_entry2") * supported.nent)
-    for i in range(cpuid.nent):
-        e = cpuid.entries[i]
-        if e.function == 1:
-            e.ebx = (e.ebx & 0x00FFFFFF) | ((apic_id & 0xFF) << 24)
-        elif e.function in (0xB, 0x1F):
-            e.edx = apic_id
-    return cpuid
 
 
 def describe_mode(state: CpuState) -> str:
@@ -112,26 +92,13 @@ class Machine:
         self.state: CpuState | None = None
         self.in_pvm_mode = False      # True while KVM holds the authoritative vCPU state
         self._emulator = None
-        self._cpuid_table = self._build_cpuid_table()
+        self.cpuid = CpuidTable(self._cpuid)   # what the emulator's CPUID answers
         self._single_stepping = False
         self._in_step = False
         self._last_mode = None     # for -v: the mode last logged
         self.image = None
 
     # -- setup ------------------------------------------------------------------------------
-    def _build_cpuid_table(self) -> dict[tuple[int, int], tuple[int, int, int, int]]:
-        cpuid = self._cpuid
-        table = {}
-        for i in range(cpuid.nent):
-            e = cpuid.entries[i]
-            index = e.index if e.flags & _CPUID_FLAG_SIGNIFICANT_INDEX else 0
-            table[(e.function, index)] = (e.eax, e.ebx, e.ecx, e.edx)
-        return table
-
-    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
-        """What CPUID returns in this vCPU: the entries given to KVM_SET_CPUID2."""
-        return self._cpuid_table.get((leaf, subleaf)) or self._cpuid_table.get((leaf, 0)) or (0, 0, 0, 0)
-
     def load(self, data: bytes, fmt: str = "auto", mode: str | None = None, load_addr: int | None = None,
              entry: int | None = None, cmdline: str = ""):
         """Load an image into guest RAM and set the vCPU's entry state for its mode."""
