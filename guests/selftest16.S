@@ -23,34 +23,8 @@
 #define INT_TEST    0x40            /* the software-interrupt vector under test */
 #define SCRATCH_SEG 0x1000          /* segment of the scratch area at linear 0x10000 */
 
-/* REPORT name: PASS if ZF is set, FAIL otherwise.  Preserves every register
- * (the name's address is passed on the stack; PUSH does not touch FLAGS). */
-.macro REPORT name
-    .pushsection .rodata
-.Lname\@: .asciz "\name"
-    .popsection
-    pushw   $.Lname\@
-    call    report
-.endm
-
-/* CHECK name, want, got: compare a register (operand size from the register). */
-.macro CHECK name, want, got
-    cmp     \want, \got
-    REPORT  "\name"
-.endm
-/* CHECKW / CHECKB / CHECKL: the same for memory operands of an explicit size. */
-.macro CHECKW name, want, got
-    cmpw    \want, \got
-    REPORT  "\name"
-.endm
-.macro CHECKB name, want, got
-    cmpb    \want, \got
-    REPORT  "\name"
-.endm
-.macro CHECKL name, want, got
-    cmpl    \want, \got
-    REPORT  "\name"
-.endm
+#define SELFCHECK_PUSH pushw
+#include "selfcheck.h"
 
 /* SAVE_FLAGS: remember FLAGS right after the instruction under test. */
 .macro SAVE_FLAGS

@@ -41,26 +41,9 @@
 #define PSE_VA      0x800000        /* a 4 MiB page -> physical 0 */
 #define MARKER      0x11111111      /* what physical ALIAS_VA holds */
 
-.macro REPORT name
-    .pushsection .rodata
-.Lname\@: .asciz "\name"
-    .popsection
-    pushl   $.Lname\@
-    call    report
-.endm
-/* CHECK name, want, got: compare (register or memory with the register's size). */
-.macro CHECK name, want, got
-    cmp     \want, \got
-    REPORT  "\name"
-.endm
-.macro CHECKL name, want, got
-    cmpl    \want, \got
-    REPORT  "\name"
-.endm
-.macro CHECKB name, want, got
-    cmpb    \want, \got
-    REPORT  "\name"
-.endm
+#define SELFCHECK_PUSH pushl
+#include "selfcheck.h"
+
 .macro SAVE_FLAGS
     pushf
     popl    saved_flags
