@@ -95,6 +95,14 @@ def test_timeout_is_status_10(spin_image):
 
 
 @pytest.mark.kvm
+def test_timeout_stops_a_runaway_guest_in_the_emulator(tmp_path):
+    path = tmp_path / "spin16.bin"
+    path.write_bytes(b"\xeb\xfe")  # jmp $ in real mode: never leaves the userspace emulator
+    result = invoke("run", "--mode", "real", "--timeout", "0.2", str(path))
+    assert result.exit_code == 10 and "timeout" in result.output
+
+
+@pytest.mark.kvm
 def test_triple_fault_is_status_6(tmp_path):
     path = tmp_path / "ud2.bin"
     path.write_bytes(assemble("ud2"))
@@ -124,10 +132,14 @@ def test_real_process_exit_status_is_the_guests():
 
 
 @pytest.mark.kvm
-def test_ctrl_c_stops_a_runaway_guest_with_status_130(spin_image):
-    proc = _pykvm("run", "--mode", "long", "-v", str(spin_image))
+@pytest.mark.parametrize("mode,started", [("long", "converted to PVM mode"), ("real", "mode: real mode")])
+def test_ctrl_c_stops_a_runaway_guest_with_status_130(tmp_path, mode, started):
+    """Under KVM_RUN (long mode) and in the userspace emulator (real mode)."""
+    image = tmp_path / "spin.bin"
+    image.write_bytes(b"\xeb\xfe")  # jmp $ in every mode
+    proc = _pykvm("run", "--mode", mode, "-v", str(image))
     deadline = time.monotonic() + 30
-    while "converted to PVM mode" not in (line := proc.stderr.readline()):  # wait until it really runs
+    while started not in (line := proc.stderr.readline()):  # wait until it really runs
         assert line and time.monotonic() < deadline, "pykvm did not start the guest"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
