@@ -19,11 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.asm import assemble, have_gnu_as
+from tests.asm import HAVE_GNU_AS, assemble
 from tests.emulator.oracle import (CODE, DATA, FLAGS_MASK, NAMES, EmulatorRunner, UnicornRunner,
                                    undefined_flags)
 
-pytestmark = pytest.mark.skipif(not have_gnu_as(), reason="GNU as/objcopy not installed")
+pytestmark = pytest.mark.skipif(not HAVE_GNU_AS, reason="GNU as/ld not installed")
 
 CF, PF, AF, ZF, SF, OF = 1, 4, 0x10, 0x40, 0x80, 0x800
 
