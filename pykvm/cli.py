@@ -113,7 +113,7 @@ def _image_options(f):
                      show_default=True, help="Who emulates non-PVM mode: pykvm, or the host kernel."),
         click.option("--emul-batch", type=click.IntRange(1), default=pvm.DEFAULT_BATCH, show_default=True,
                      help="Instructions emulated per batch before checking for events."),
-        click.option("-v", "--verbose", count=True, help="Log mode switches and exits (-vv: every access)."),
+        click.option("-v", "--verbose", count=True, help="Log mode switches and conversions (-vv: also every KVM exit and unclaimed access)."),
         click.option("--device", default="/dev/kvm", show_default=True, help="KVM device to use."),
     ]
     for option in reversed(options):

@@ -247,12 +247,16 @@ class Machine:
         check_mode = self.emulator_kind == "userspace"
         exits = 0
         lma_byte, cs_l_byte = SYNC_EFER_LMA_BYTE, SYNC_CS_L_BYTE
+        trace = log.isEnabledFor(logging.DEBUG)  # -vv: every exit
         try:
             while not events.pending:
                 if ioctl(fd, run_request, run_arg) < 0:
                     vcpu.run_failed()
                 reason = kvm_run.exit_reason
                 exits += 1
+                if trace:
+                    log.debug("exit %d: %s at rip=%#x", stats.kvm_exits + exits,
+                              vcpu.exit_record(reason).describe(), vcpu.sync_regs.regs.rip)
                 if reason == _EXIT_IO:
                     direction, size, port, count, off = read_io_header(view, IO_HEADER_OFFSET)
                     st = _IO_STRUCTS.get(size)

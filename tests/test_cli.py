@@ -199,3 +199,12 @@ def test_emulated_triple_fault_is_status_6(tmp_path):
     result = invoke("run", "--mode", "protected", str(path))
     assert result.exit_code == 6
     assert "triple fault" in result.output and "#DF" in result.output
+
+
+@pytest.mark.kvm
+def test_very_verbose_logs_every_exit_and_mode_switch():
+    result = invoke("run", "-vv", "--mode", "real", "guests/boot16to64.S")
+    assert result.exit_code == 1
+    assert "mode: protected mode (32-bit)" in result.output
+    assert "converted to PVM mode after" in result.output
+    assert re.search(r"exit \d+: io out port=0x3f8 size=1 count=1 at rip=0x[0-9a-f]+", result.output)
