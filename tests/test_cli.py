@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -19,7 +20,14 @@ from tests.asm import assemble
 
 
 def invoke(*args):
-    return CliRunner().invoke(main, list(args))
+    try:
+        return CliRunner().invoke(main, list(args))
+    finally:
+        # The command configured logging onto the runner's (now closed) stderr: undo it, so
+        # later tests in this process neither log there nor run with -v/-vv's slower paths.
+        root = logging.getLogger()
+        root.handlers.clear()
+        root.setLevel(logging.WARNING)
 
 
 @pytest.mark.parametrize("text,value", [("64M", 64 << 20), ("512K", 512 << 10), ("1G", 1 << 30),
