@@ -16,10 +16,11 @@ import click
 from pykvm import pvm
 from pykvm.emulator.state import CS
 from pykvm.errors import INTERNAL_BUG_EXIT, BadInputError, InterruptedByUser, PykvmError
+from pykvm.loaders import FORMATS
+from pykvm.machine import EMULATORS
+from pykvm.x86.boot import MODES
 
 MEMORY_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-FORMATS = ("auto", "flat", "bootsector", "elf", "multiboot")
-MODES = ("real", "protected", "long")
 
 
 def parse_size(text: str) -> int:
@@ -109,7 +110,7 @@ def _image_options(f):
         click.option("--mem", "mem", default="64M", show_default=True, help="Guest RAM size."),
         click.option("--cmdline", default="", help="Kernel command line (multiboot)."),
         click.option("--serial", default="stdio", show_default=True, help="Serial output: stdio or a file path."),
-        click.option("--emulator", type=click.Choice(["userspace", "kernel"]), default="userspace",
+        click.option("--emulator", type=click.Choice(EMULATORS), default="userspace",
                      show_default=True, help="Who emulates non-PVM mode: pykvm, or the host kernel."),
         click.option("--emul-batch", type=click.IntRange(1), default=pvm.DEFAULT_BATCH, show_default=True,
                      help="Instructions emulated per batch before checking for events."),
