@@ -13,8 +13,49 @@
  *         "SUMMARY: <n> passed, <m> failed"; main returns the failure count,
  *         which crt0 writes to the debug-exit port.
  *         Roughly 1.5 million instructions in all.
+ *
+ * cwork16 is this file built with -m16 -DCWORK16 for --mode real (image at
+ * 0x7c00, lib/crt0_16.S): gcc's .code16gcc output, i.e. 32-bit operands and
+ * addresses behind 66h/67h prefixes almost everywhere, running in real mode.
+ * Code, data, .bss and stack must all fit below offset 0x10000 of segment 0
+ * (about 32 KiB), so it does the same work on smaller inputs.
  */
 #include "pykvm_guest.h"
+
+/* Input sizes and the results they must give.  Every expected constant was
+ * computed on the host with Python from the same inputs: zlib.crc32 of the
+ * generated buffer, sorted() of the same xorshift32 sequence (first, last and
+ * the hash * 31 + value over the sorted list, mod 2**32), a sieve (count, sum,
+ * largest prime) and fib(80) by iteration. */
+#ifdef CWORK16
+#define CWORK_BANNER  "cwork16: freestanding C guest, built with gcc -m16 -O2, in real mode"
+#define CRC_KIB       4
+#define CRC_EXPECTED  0x462c1e21u
+#define SORT_COUNT    1000
+#define SORT_MIN      0x002438a3u
+#define SORT_MAX      0xffb53b9fu
+#define SORT_HASH     0x65fcc164u
+#define SIEVE_LIMIT   10000
+#define SIEVE_PRIMES  1229
+#define SIEVE_SUM     5736396u
+#define SIEVE_LARGEST 9973
+#else
+#define CWORK_BANNER  "cwork32: freestanding C guest, built with gcc -m32 -O2"
+#define CRC_KIB       16
+#define CRC_EXPECTED  0xa219c94fu
+#define SORT_COUNT    2000
+#define SORT_MIN      0x0011fe1du
+#define SORT_MAX      0xffef5165u
+#define SORT_HASH     0xa3be5e47u
+#define SIEVE_LIMIT   100000
+#define SIEVE_PRIMES  9592
+#define SIEVE_SUM     454396537u
+#define SIEVE_LARGEST 99991
+#endif
+#define FIB80         23416728348467685ull
+
+#define STR_(x) #x
+#define STR(x) STR_(x)      /* a size as text, for the check names */
 
 static int passed, failed;
 
@@ -28,7 +69,7 @@ static void check(int ok, const char *name)
 }
 
 /* ---- CRC-32 (IEEE 802.3, reflected, as zlib computes it) ---- */
-#define CRC_BYTES 16384
+#define CRC_BYTES (CRC_KIB * 1024)
 
 static uint32_t crc_table[256];
 static uint8_t crc_buffer[CRC_BYTES];
@@ -52,8 +93,6 @@ static uint32_t crc32(const uint8_t *p, size_t n)
 }
 
 /* ---- quicksort ---- */
-#define SORT_COUNT 2000
-
 static uint32_t values[SORT_COUNT];
 
 static void quicksort(uint32_t *a, int lo, int hi)
@@ -85,15 +124,13 @@ static void quicksort(uint32_t *a, int lo, int hi)
 }
 
 /* ---- sieve ---- */
-#define SIEVE_LIMIT 100000
-
 static uint8_t composite[SIEVE_LIMIT];
 
 int main(void)
 {
     char text[64];
 
-    guest_printf("cwork32: freestanding C guest, built with gcc -m32 -O2\n");
+    guest_printf(CWORK_BANNER "\n");
 
     crc32_init();
     for (uint32_t i = 0; i < CRC_BYTES; i++)
@@ -101,7 +138,7 @@ int main(void)
     uint32_t crc = crc32(crc_buffer, CRC_BYTES);
     guest_printf("info: crc32 = 0x%08x\n", crc);
     check(crc32((const uint8_t *)"123456789", 9) == 0xCBF43926u, "crc32 check value of \"123456789\"");
-    check(crc == 0xa219c94fu, "crc32 of the generated 16 KiB buffer");
+    check(crc == CRC_EXPECTED, "crc32 of the generated " STR(CRC_KIB) " KiB buffer");
 
     uint32_t x = 2463534242u;                   /* xorshift32 */
     for (int i = 0; i < SORT_COUNT; i++) {
@@ -118,10 +155,10 @@ int main(void)
             ordered = 0;
         hash = hash * 31 + values[i];
     }
-    check(ordered, "quicksort leaves 2000 values in order");
-    check(values[0] == 0x0011fe1du && values[SORT_COUNT - 1] == 0xffef5165u,
+    check(ordered, "quicksort leaves " STR(SORT_COUNT) " values in order");
+    check(values[0] == SORT_MIN && values[SORT_COUNT - 1] == SORT_MAX,
           "quicksort: smallest and largest");
-    check(hash == 0xa3be5e47u, "quicksort: hash of the sorted values");
+    check(hash == SORT_HASH, "quicksort: hash of the sorted values");
 
     uint32_t primes = 0, sum = 0, largest = 0;
     for (uint32_t i = 2; i < SIEVE_LIMIT; i++) {
@@ -134,8 +171,8 @@ int main(void)
             composite[m] = 1;
     }
     guest_printf("info: %u primes below %u, the largest %u\n", primes, SIEVE_LIMIT, largest);
-    check(primes == 9592, "sieve: 9592 primes below 100000");
-    check(sum == 454396537u && largest == 99991, "sieve: their sum and the largest");
+    check(primes == SIEVE_PRIMES, "sieve: " STR(SIEVE_PRIMES) " primes below " STR(SIEVE_LIMIT));
+    check(sum == SIEVE_SUM && largest == SIEVE_LARGEST, "sieve: their sum and the largest");
 
     uint64_t a = 0, b = 1;
     for (int i = 0; i < 80; i++) {
@@ -143,7 +180,7 @@ int main(void)
         a = b;
         b = t;
     }
-    check(a == 23416728348467685ull, "64-bit arithmetic: fib(80)");
+    check(a == FIB80, "64-bit arithmetic: fib(80)");
 
     int n = guest_snprintf(text, sizeof text, "%d|%u|%x|%08X|%-4s|%c|%%|%5d|%05d",
                            -42, 42u, 0xbeefu, 0xbeefu, "ab", 'z', 7, -7);

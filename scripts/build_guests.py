@@ -62,8 +62,10 @@ class Recipe:
     """How one guest is built.
 
     ``sources`` and ``linker_script`` are relative to the guests directory.  ``bits``
-    selects the toolchain flavour: 16 and 32 both use the i386 toolchain (16-bit
-    guests say ``.code16`` themselves), 64 uses x86-64.  ``flat`` guests also get a
+    selects the toolchain flavour: 16 and 32 both use the i386 assembler and linker,
+    64 uses x86-64.  At 16 bits gcc gets ``-m16``, so C comes out as ``.code16gcc``
+    (32-bit operands and addresses behind 66h/67h prefixes, for real mode);
+    16-bit assembly guests say ``.code16`` themselves.  ``flat`` guests also get a
     ``.bin``; ``bootsector`` ones must come out as exactly 512 bytes ending in 55 AA.
     """
 
@@ -101,6 +103,9 @@ RECIPES: dict[str, Recipe] = {
         Recipe("cwork32", ("lib/crt0_32.S", "cwork32.c", "lib/printf.c", "lib/string.c"),
                "ld/flat32.ld", 32,
                description="freestanding C: CRC-32, quicksort, sieve, printf; self-checking"),
+        Recipe("cwork16", ("lib/crt0_16.S", "cwork32.c", "lib/printf.c", "lib/string.c"),
+               "ld/real16.ld", 16, extra_cflags=("-DCWORK16",),
+               description="cwork32.c built with gcc -m16 for real mode, smaller inputs; self-checking"),
         Recipe("assert32", ("lib/crt0_32.S", "assert32.c", "lib/printf.c", "lib/string.c"),
                "ld/flat32.ld", 32,
                description="freestanding C guest whose GUEST_ASSERT fails on purpose"),
@@ -109,7 +114,9 @@ RECIPES: dict[str, Recipe] = {
     )
 }
 
-_ASFLAGS = {16: ("-m32",), 32: ("-m32",), 64: ("-m64",)}
+# gcc's machine flag per Recipe.bits, for C and assembly alike.  -m16 only changes
+# C (cc1 emits .code16gcc); assembly input assembles exactly as with -m32.
+_MACHINE_FLAGS = {16: ("-m16",), 32: ("-m32",), 64: ("-m64",)}
 _LD_EMULATION = {16: "elf_i386", 32: "elf_i386", 64: "elf_x86_64"}
 # Freestanding, no FPU/SSE (the emulator and PVM mode need nothing beyond integer
 # code), no library calls gcc would invent for loops (it would turn memset's own
@@ -241,7 +248,7 @@ def build(name: str, *, src_dir: Path | None = None, out_dir: Path | None = None
             depfile = tmp / f"{i}.d"
             # Run from the guests directory with relative paths so that __FILE__
             # (GUEST_ASSERT messages) and debug info carry no host paths.
-            cmd = [gcc, *_ASFLAGS[r.bits], "-Iinclude", "-MD", "-MF", str(depfile)]
+            cmd = [gcc, *_MACHINE_FLAGS[r.bits], "-Iinclude", "-MD", "-MF", str(depfile)]
             if source.endswith(".c"):
                 cmd += [*_CFLAGS]
             cmd += [*r.extra_cflags, "-c", source, "-o", str(obj)]

@@ -87,7 +87,7 @@ def test_bootsector_is_512_bytes_with_signature(built):
 
 
 def test_real_mode_images_fit_below_64k(built):
-    for name in ("boot16to64", "selftest16"):
+    for name in ("boot16to64", "selftest16", "cwork16"):
         assert 0x7C00 + built[name].stat().st_size <= 0x10000
 
 

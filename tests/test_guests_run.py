@@ -55,10 +55,13 @@ def test_instruction_self_tests_pass_under_the_userspace_emulator(name, mode, ch
     assert run.emulated > 10_000 and run.conversions == 0
 
 
-def test_freestanding_c_guest_does_its_work_under_the_emulator():
-    run = run_guest("cwork32", "protected")
+@pytest.mark.parametrize("name,mode,instructions", [("cwork32", "protected", 1_000_000),
+                                                     ("cwork16", "real", 300_000)])
+def test_freestanding_c_guest_does_its_work_under_the_emulator(name, mode, instructions):
+    # cwork16 is cwork32.c built with gcc -m16: 66h/67h-prefixed 32-bit code in real mode.
+    run = run_guest(name, mode)
     assert_all_checks_pass(run)
-    assert run.emulated > 1_000_000
+    assert run.emulated > instructions and run.conversions == 0
 
 
 def test_default_guest_boots_real_to_protected_to_long_to_pvm():

@@ -45,6 +45,7 @@ GUESTS = {
     "bootsector": ("bootsector", None, None),
     "selftest16": ("flat", "real", None),
     "cwork32": ("flat", "protected", None),
+    "cwork16": ("flat", "real", None),
     "assert32": ("flat", "protected", None),
     "loop32": ("flat", "protected", 3000),
     "multiboot32": ("multiboot", None, None),
