@@ -152,11 +152,9 @@ class Machine:
         log.info("back in non-PVM mode: %s, rip=%#x", describe_mode(self.state), self.state.rip)
 
     def _kvm_in_non_pvm_mode(self) -> bool:
+        """PVM's rule applied to the state KVM left in the sync-regs area at this exit (CPL = SS.DPL)."""
         sregs = self.vcpu.sync_regs.sregs
-        if not sregs.efer & EFER_LMA:
-            return True
-        cs = sregs.cs
-        return not cs.l and (sregs.ss.dpl == 0 or not cs.db)
+        return not pvm.conversion_allowed(sregs.efer, sregs.cs.l, sregs.cs.db, sregs.ss.dpl == 0)
 
     # -- running ----------------------------------------------------------------------------
     def run(self, timeout: float | None = None) -> int:

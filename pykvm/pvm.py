@@ -26,14 +26,20 @@ def is_supervisor(state: CpuState) -> bool:
     return state.cpl == 0
 
 
-def may_convert(state: CpuState) -> bool:
-    """The conversion rule: long mode, and CS.L=1 — or CS.D/B=1 outside supervisor mode (compat user)."""
-    if not state.efer & EFER_LMA:
+def conversion_allowed(efer: int, cs_l: int, cs_db: int, supervisor: bool) -> bool:
+    """The conversion rule: long mode, and CS.L=1 — or CS.D/B=1 outside supervisor mode (compat user).
+
+    Taken apart so the run loop can apply it to KVM's sync regs without building a CpuState.
+    """
+    if not efer & EFER_LMA:
         return False
+    return bool(cs_l) or (bool(cs_db) and not supervisor)
+
+
+def may_convert(state: CpuState) -> bool:
+    """``conversion_allowed`` for a CpuState."""
     cs = state.seg[CS]
-    if cs.l:
-        return True
-    return cs.db == 1 and not is_supervisor(state)
+    return conversion_allowed(state.efer, cs.l, cs.db, is_supervisor(state))
 
 
 def kernel_cs_by_msr(star: int) -> int:
