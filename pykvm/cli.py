@@ -200,7 +200,7 @@ def step(verbose, count, regs, every, **image_options):
         with _guest_machine(**image_options) as machine:
             for n in range(count):
                 state = machine.current_state()
-                in_kvm = machine.in_pvm_mode or machine.emulator_kind == "kernel" or pvm.may_convert(state)
+                in_kvm = machine.next_instruction_in_kvm
                 decoded = disassemble_at(machine.memory, state, 1)
                 text = f"{decoded[0].code.hex(' '):<24} {decoded[0].text}" if decoded else "<no code>"
                 click.echo(f"{n:>6} {'kvm' if in_kvm else 'emu'} {describe_mode(state):<28} "

@@ -328,6 +328,11 @@ class Machine:
         raise EmulationError(f"unexpected KVM exit: {exit_.describe()}", rip=rip)
 
     # -- stepping -----------------------------------------------------------------------------
+    @property
+    def next_instruction_in_kvm(self) -> bool:
+        """Whether the next instruction runs under KVM (PVM mode, or --emulator kernel), not in pykvm."""
+        return self.in_pvm_mode or self.emulator_kind == "kernel" or pvm.may_convert(self.state)
+
     def step(self) -> int | None:
         """Execute exactly one guest instruction, in the emulator or under KVM single-step.
 
@@ -338,9 +343,9 @@ class Machine:
             raise HostError("nothing loaded: call load() or set_state() first")
         self._in_step = True
         try:
+            if not self.next_instruction_in_kvm:
+                return self._step_emulator()
             if not self.in_pvm_mode:
-                if self.emulator_kind == "userspace" and not pvm.may_convert(self.state):
-                    return self._step_emulator()
                 self._enter_kvm()
             return self._step_kvm()
         except GuestExit as e:
