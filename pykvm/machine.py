@@ -9,7 +9,6 @@ mode (regs and sregs from the sync-regs area KVM fills on every exit, MSRs in on
 from __future__ import annotations
 
 import logging
-import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from pykvm.emulator.state import CS, CpuState
 from pykvm.errors import EmulationError, GuestShutdownError, HostError
 from pykvm.kvm import Kvm
 from pykvm.kvm.cpu_state import SYNCED_MSRS, load_state, state_from_kvm, store_state
-from pykvm.kvm.exits import IO_HEADER, IO_HEADER_OFFSET, ExitReason
+from pykvm.kvm.exits import IO_HEADER, IO_HEADER_OFFSET, IO_STRUCTS, ExitReason
 from pykvm.kvm.vcpu import SYNC_CS_L_BYTE, SYNC_EFER_LMA_BYTE
 from pykvm.x86.bits import CR0_PE, CR0_PG, EFER_LMA, FLAG_IF
 
@@ -35,7 +34,6 @@ log = logging.getLogger("pykvm")
 COM1 = 0x3F8
 DEFAULT_MEMORY = 64 << 20
 EMULATORS = ("userspace", "kernel")
-_IO_STRUCTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I")}
 _EXIT_IO, _EXIT_HLT, _EXIT_MMIO, _EXIT_INTR = ExitReason.IO, ExitReason.HLT, ExitReason.MMIO, ExitReason.INTR
 _EXIT_DEBUG = ExitReason.DEBUG
 STEPPED = -1  # _run_kvm's answer when a single step completed (statuses are >= 0)
@@ -257,7 +255,7 @@ class Machine:
                               vcpu.exit_record(reason).describe(), vcpu.sync_regs.regs.rip)
                 if reason == _EXIT_IO:
                     direction, size, port, count, off = read_io_header(view, IO_HEADER_OFFSET)
-                    st = _IO_STRUCTS.get(size)
+                    st = IO_STRUCTS.get(size)
                     if st is None or off + size * count > view_len:
                         raise EmulationError(f"KVM reported {count}x{size}-byte I/O data at {off:#x} "
                                              "outside kvm_run")

@@ -15,7 +15,9 @@ import struct
 
 from pykvm.errors import EmulationError
 
-_UNPACK = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"), 8: struct.Struct("<Q")}
+# Little-endian value layouts by access size: port I/O is 1, 2 or 4 bytes; MMIO up to 8.
+IO_STRUCTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I")}
+MMIO_LENGTHS = (1, 2, 4, 8)
 
 
 class ExitReason(enum.IntEnum):
@@ -100,7 +102,7 @@ class IoExit(Exit):
         """KVM's offset of the data bytes, checked to lie inside the mapping."""
         io = self._run.io
         off = io.data_offset
-        if io.size not in _UNPACK or off + io.size * io.count > len(self._view) or off < 0:
+        if io.size not in IO_STRUCTS or off + io.size * io.count > len(self._view) or off < 0:
             raise EmulationError(f"KVM reported an I/O exit with data at {off:#x} "
                                  f"(size {io.size} x {io.count}) outside kvm_run")
         return off
@@ -109,14 +111,14 @@ class IoExit(Exit):
         """The values an OUT wrote (one per repetition)."""
         size = self._run.io.size
         off = self.data_offset()
-        unpack = _UNPACK[size].unpack_from
+        unpack = IO_STRUCTS[size].unpack_from
         return [unpack(self._view, off + i * size)[0] for i in range(self._run.io.count)]
 
     def set_values(self, values) -> None:
         """Supply the values an IN reads, one per repetition."""
         size = self._run.io.size
         off = self.data_offset()
-        pack = _UNPACK[size].pack_into
+        pack = IO_STRUCTS[size].pack_into
         mask = (1 << (8 * size)) - 1
         for i, v in enumerate(values):
             pack(self._view, off + i * size, v & mask)
@@ -145,7 +147,7 @@ class MmioExit(Exit):
 
     def _checked_len(self) -> int:
         n = self._run.mmio.len
-        if n not in _UNPACK:
+        if n not in MMIO_LENGTHS:
             raise EmulationError(f"KVM reported an MMIO exit of {n} bytes")
         return n
 
