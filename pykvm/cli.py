@@ -14,7 +14,7 @@ import sys
 import click
 
 from pykvm import pvm
-from pykvm.emulator.state import CS
+from pykvm.x86.state import CS
 from pykvm.errors import INTERNAL_BUG_EXIT, BadInputError, InterruptedByUser, PykvmError
 from pykvm.loaders import FORMATS
 from pykvm.machine import EMULATORS

@@ -21,7 +21,7 @@ from pykvm.devices import debug_exit
 from pykvm.devices.bus import Bus
 from pykvm.devices.debug_exit import DebugExit, GuestExit
 from pykvm.devices.serial import Serial16550
-from pykvm.emulator.state import CS, CpuState
+from pykvm.x86.state import CS, CpuState
 from pykvm.errors import EmulationError, GuestShutdownError, HostError
 from pykvm.kvm import Kvm
 from pykvm.kvm.cpu_state import SYNCED_MSRS, load_state, state_from_kvm, store_state

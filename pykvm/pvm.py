@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 
-from pykvm.emulator.state import CS, CpuState
+from pykvm.x86.state import CS, CpuState
 from pykvm.errors import EmulationError
 from pykvm.x86.bits import (CR0_AM, CR0_CD, CR0_NE, CR0_NW, CR0_PE, CR0_PG, CR0_WP, EFER_LMA,
                             EFER_SCE, MSR_STAR, USER32_CS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from pykvm import pvm
-from pykvm.emulator.state import CS, SS, CpuState
+from pykvm.x86.state import CS, SS, CpuState
 from pykvm.errors import EmulationError
 from pykvm.x86.bits import (CR0_AM, CR0_CD, CR0_NE, CR0_NW, CR0_PE, CR0_PG, CR0_WP, EFER_LMA, EFER_LME,
                             EFER_SCE, MSR_STAR)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import iced_x86
 
-from pykvm.emulator.state import CS, CpuState
+from pykvm.x86.state import CS, CpuState
 from pykvm.x86 import paging
 from pykvm.x86.bits import CR0_PE, EFER_LMA
 

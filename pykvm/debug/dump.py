@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pykvm.debug.disasm import disassemble_at, read_code
-from pykvm.emulator.state import GPR_NAMES, SEGMENT_NAMES, CpuState
+from pykvm.x86.state import GPR_NAMES, SEGMENT_NAMES, CpuState
 
 
 def format_registers(state: CpuState) -> str:

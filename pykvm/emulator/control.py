@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pykvm.emulator import segments
 from pykvm.emulator.faults import CpuFault
-from pykvm.emulator.state import CS, SS, Segment
+from pykvm.x86.state import CS, SS, Segment
 from pykvm.x86 import descriptors as D
 from pykvm.x86.bits import CR0_PE, EXC_GP, FLAG_FIXED, FLAG_IF, FLAG_IOPL, FLAG_NT, FLAG_VM
 

@@ -20,7 +20,7 @@ from pykvm.emulator.faults import CpuFault
 from pykvm.emulator.flags import ARITH, arith
 from pykvm.emulator.interrupts import deliver_exception
 from pykvm.emulator.mmu import Mmu, line_mask
-from pykvm.emulator.state import CS, SS, CpuState
+from pykvm.x86.state import CS, SS, CpuState
 from pykvm.emulator.system import SystemOps
 from pykvm.emulator.translate import translate_block
 from pykvm.errors import EmulationError, GuestShutdownError

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pykvm.emulator import control, segments
 from pykvm.emulator.faults import CpuFault, TripleFault
-from pykvm.emulator.state import CS, SS, TR, Segment
+from pykvm.x86.state import CS, SS, TR, Segment
 from pykvm.x86 import descriptors as D
 from pykvm.x86.bits import (CR0_PE, EXC_AC, EXC_DF, EXC_GP, EXC_NP, EXC_PF, EXC_SS, EXC_TS,
                             FLAG_AC, FLAG_IF, FLAG_NT, FLAG_RF, FLAG_TF, FLAG_VM)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 
 from pykvm.emulator.faults import CpuFault
-from pykvm.emulator.state import SS
+from pykvm.x86.state import SS
 from pykvm.x86 import paging
 from pykvm.x86.bits import CR0_PE, CR0_PG, EXC_GP, EXC_PF, EXC_SS
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import iced_x86 as X
 
 from pykvm.emulator.codegen import Invalid, MASKS, REG_INFO, SEG_INDEX, handler_table
-from pykvm.emulator.state import SS
+from pykvm.x86.state import SS
 
 M = X.Mnemonic
 HANDLERS, handles = handler_table()

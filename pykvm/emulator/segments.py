@@ -10,7 +10,7 @@ accessed bit is set in memory, and the cache gets the decoded fields.
 from __future__ import annotations
 
 from pykvm.emulator.faults import CpuFault
-from pykvm.emulator.state import CS, LDTR, SS, Segment
+from pykvm.x86.state import CS, LDTR, SS, Segment
 from pykvm.x86 import descriptors as D
 from pykvm.x86.bits import CR0_PE, EFER_LMA, EXC_GP, EXC_NP, EXC_SS
 

@@ -12,7 +12,7 @@ import time
 
 from pykvm.emulator import control, interrupts, segments
 from pykvm.emulator.faults import CpuFault
-from pykvm.emulator.state import CS, LDTR, SS, TR, Segment
+from pykvm.x86.state import CS, LDTR, SS, TR, Segment
 from pykvm.x86 import descriptors as D
 from pykvm.x86 import bits as B
 

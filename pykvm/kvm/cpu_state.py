@@ -6,7 +6,7 @@ never per instruction.
 
 from __future__ import annotations
 
-from pykvm.emulator.state import (CS, DS, ES, FS, GS, LDTR, SS, TR, CpuState, DescriptorTable,
+from pykvm.x86.state import (CS, DS, ES, FS, GS, LDTR, SS, TR, CpuState, DescriptorTable,
                                   Segment)
 from pykvm.x86.bits import (MSR_CSTAR, MSR_IA32_PAT, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP,
                             MSR_IA32_SYSENTER_ESP, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR,

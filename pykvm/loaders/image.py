@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pykvm.emulator.state import CpuState
+from pykvm.x86.state import CpuState
 from pykvm.errors import BadInputError
 from pykvm.x86 import boot
 

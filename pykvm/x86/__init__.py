@@ -1,1 +1,3 @@
-"""Architecture facts shared by the KVM layer, the loaders and the emulator (no KVM, no emulator state)."""
+"""Architecture facts shared by the KVM layer, the loaders, the debugger and the emulator:
+the CPU-state model (``state``), control-register and flag bits, descriptors, paging walks and
+boot-time structures. Nothing here imports KVM or the emulator."""

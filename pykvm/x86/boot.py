@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import struct
 
-from pykvm.emulator.state import CS, DS, ES, FS, GPR_NAMES, GS, RSP, SS, CpuState, DescriptorTable, Segment
+from pykvm.x86.state import CS, DS, ES, FS, GPR_NAMES, GS, RSP, SS, CpuState, DescriptorTable, Segment
 from pykvm.errors import BadInputError
 from pykvm.x86 import descriptors as D
 from pykvm.x86.bits import (CR0_AM, CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_PAE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pykvm.debug.disasm import bitness, disassemble, disassemble_at, read_code
 from pykvm.debug.dump import format_code, format_registers
-from pykvm.emulator.state import CS, CpuState
+from pykvm.x86.state import CS, CpuState
 from pykvm.memory import GuestMemory
 from pykvm.x86 import boot
 

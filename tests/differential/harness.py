@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from pykvm import pvm
-from pykvm.emulator.state import CS, GPR_NAMES, SEGMENT_NAMES, CpuState, Segment
+from pykvm.x86.state import CS, GPR_NAMES, SEGMENT_NAMES, CpuState, Segment
 from pykvm.errors import EmulationError, GuestShutdownError, GuestTimeoutError
 from pykvm.x86 import boot
 from pykvm.x86.bits import FLAG_FIXED

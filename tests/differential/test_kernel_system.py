@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from pykvm.emulator.state import DescriptorTable
+from pykvm.x86.state import DescriptorTable
 from pykvm.x86 import boot
 from pykvm.x86 import descriptors as D
 from tests.differential.harness import DATA, MEMORY_SIZE, SCRATCH_PORT, Snippet, check_kernel, run_userspace

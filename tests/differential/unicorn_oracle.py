@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from pykvm.emulator.state import CpuState
+from pykvm.x86.state import CpuState
 from pykvm.memory import GuestMemory
 from pykvm.x86.descriptors import decode_descriptor
 from tests.differential.harness import (HLT, MAX_INSTRUCTIONS, MEMORY_SIZE, SCRATCH_PORT, SCRATCH_PORTS, Ignore,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pykvm.devices.bus import Bus
 from pykvm.emulator import Emulator
-from pykvm.emulator.state import CS, CpuState, Segment
+from pykvm.x86.state import CS, CpuState, Segment
 from pykvm.memory import GuestMemory
 from pykvm.x86.bits import CR0_ET, CR0_PE
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pykvm.emulator import TripleFault
-from pykvm.emulator.state import CS
+from pykvm.x86.state import CS
 from pykvm.errors import EmulationError
 from pykvm.x86 import descriptors as D
 from tests.emulator.asm import HAVE_AS, assemble

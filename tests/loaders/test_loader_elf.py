@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from pykvm.emulator.state import CS
+from pykvm.x86.state import CS
 from pykvm.errors import BadInputError
 from pykvm.loaders import elf as elf_loader
 from pykvm.loaders import load

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pykvm.emulator.state import CS, RDX
+from pykvm.x86.state import CS, RDX
 from pykvm.errors import BadInputError
 from pykvm.loaders import bootsector, load
 from pykvm.memory import GuestMemory

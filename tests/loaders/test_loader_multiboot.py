@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from pykvm.emulator.state import CS, RAX, RBX
+from pykvm.x86.state import CS, RAX, RBX
 from pykvm.errors import BadInputError
 from pykvm.loaders import load, multiboot
 from pykvm.memory import GuestMemory

@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from pykvm.emulator.state import CS, DS, ES, FS, GS, LDTR, RAX, RBX, RDX, RSP, SS, TR, Segment
+from pykvm.x86.state import CS, DS, ES, FS, GS, LDTR, RAX, RBX, RDX, RSP, SS, TR, Segment
 from pykvm.errors import BadInputError
 from pykvm.memory import GuestMemory
 from pykvm.x86 import boot

@@ -1,4 +1,7 @@
-"""The one CPU-state model shared by the emulator and the KVM layer.
+"""The one CPU-state model shared by the KVM layer, the loaders, the debugger and the emulator.
+
+It lives below all of them (in ``x86``, not in the emulator package) so that a 64-bit guest,
+which never needs the emulator, does not pay for importing it.
 
 State moves between KVM and the emulator only at mode boundaries: the machine
 fills a ``CpuState`` from ``kvm_regs``/``kvm_sregs``/MSRs once when the vCPU
