@@ -56,6 +56,9 @@ class Emulator(SystemOps):
         self.stop = False
         self.shadow = False
         self.instructions_executed = 0
+        # Called after every interrupt/exception delivery as (vector, linear address of the
+        # pushed EFLAGS image, its size); None costs nothing (deliveries are rare anyway).
+        self.delivery_observer = None
         self.dr = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
         self.tsc_offset = 0
         self.fpu_cw = 0x37F      # x87 control/status words: only FNINIT/FNSTSW/FNSTCW/FLDCW are emulated

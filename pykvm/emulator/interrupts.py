@@ -4,6 +4,9 @@ and the double-fault / triple-fault escalation of SDM vol. 3, table 6-5.
 ``deliver`` performs one delivery and raises ``CpuFault`` if the delivery itself faults,
 leaving registers untouched (everything is validated and the stack written before
 anything is committed). ``deliver_exception`` wraps it with the escalation rules.
+After a delivery, ``emu.delivery_observer(vector, flags_linear, flags_size)`` (if set) is
+told where the pushed EFLAGS image lies (differential tests mask its undefined bits there;
+a debugger can stop on exceptions).
 """
 
 from __future__ import annotations
@@ -55,17 +58,20 @@ def deliver(emu, vector: int, error_code, return_eip: int, software: bool = Fals
     st = emu.state
     rf = FLAG_RF if fault and vector in FAULTS else 0
     if not st.cr0 & CR0_PE:
-        _deliver_real(emu, vector, return_eip)
+        flags_slot = _deliver_real(emu, vector, return_eip)
     elif emu.lma:
-        _deliver_long(emu, vector, error_code, return_eip, software, rf)
+        flags_slot = _deliver_long(emu, vector, error_code, return_eip, software, rf)
     else:
-        _deliver_protected(emu, vector, error_code, return_eip, software, rf)
+        flags_slot = _deliver_protected(emu, vector, error_code, return_eip, software, rf)
     if cr2 is not None:
         st.cr2 = cr2
     emu.stop = True
+    observer = emu.delivery_observer
+    if observer is not None:
+        observer(vector, *flags_slot)
 
 
-def _deliver_real(emu, vector: int, return_eip: int) -> None:
+def _deliver_real(emu, vector: int, return_eip: int) -> tuple[int, int]:
     st = emu.state
     if vector * 4 + 3 > st.idt.limit:
         raise CpuFault(EXC_GP, vector * 8 + 2)
@@ -76,6 +82,7 @@ def _deliver_real(emu, vector: int, return_eip: int) -> None:
     control.set_sp(emu, sp)
     emu.set_flags(flags & ~(FLAG_IF | FLAG_TF | FLAG_AC | FLAG_RF))
     st.rip = entry & 0xFFFF
+    return (st.seg[SS].base + ((sp + 4) & control.stack_mask(emu))) & 0xFFFFFFFF, 2
 
 
 def _gate_error(vector: int, ext: int) -> int:
@@ -104,7 +111,7 @@ def _gate_target(emu, gate, vector: int, ext: int, software: bool, cpl: int, lon
     return sel, raw, addr, d
 
 
-def _deliver_protected(emu, vector, error_code, return_eip, software, rf=0) -> None:
+def _deliver_protected(emu, vector, error_code, return_eip, software, rf=0) -> tuple[int, int]:
     st = emu.state
     ext = 0 if software else 1
     if vector * 8 + 7 > st.idt.limit:
@@ -148,6 +155,9 @@ def _deliver_protected(emu, vector, error_code, return_eip, software, rf=0) -> N
     emu.set_flags(flags & ~clear)
     emu.mode_changed()
     st.rip = gate.offset
+    flags_offset = (2 if error_code is None else 3) * size
+    mask = 0xFFFFFFFF if st.seg[SS].db else 0xFFFF
+    return (st.seg[SS].base + ((emu.R[4] + flags_offset) & mask)) & 0xFFFFFFFF, size
 
 
 def _tss_stack(emu, cpl: int, ext: int):
@@ -182,7 +192,7 @@ def _push_on(emu, seg: Segment, sp: int, values, size: int) -> int:
     return sp
 
 
-def _deliver_long(emu, vector, error_code, return_eip, software, rf=0) -> None:
+def _deliver_long(emu, vector, error_code, return_eip, software, rf=0) -> tuple[int, int]:
     """IA-32e delivery (compatibility mode code took an exception): 16-byte gates, 64-bit frame."""
     st = emu.state
     ext = 0 if software else 1
@@ -223,3 +233,4 @@ def _deliver_long(emu, vector, error_code, return_eip, software, rf=0) -> None:
     emu.set_flags(flags & ~clear)
     emu.mode_changed()
     st.rip = gate.offset
+    return rsp + (16 if error_code is None else 24), 8

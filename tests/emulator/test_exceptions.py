@@ -227,3 +227,17 @@ def test_write_protect_violation_error_code():
         mem.write_u32(0x4000 + 4 * i, (i << 12) | (1 if i == 5 else 3))
     run_all(emu)
     assert emu.state.gpr[0] == 0x3 and emu.state.gpr[3] == 0x5000
+
+
+def test_the_delivery_observer_is_told_where_the_flags_image_lies():
+    """Real mode: INT 0x21 pushes FLAGS, CS, IP; the observer gets the FLAGS slot (SP + 4)."""
+    from tests.emulator.machine import real_mode
+
+    emu, memory, _ = real_mode(b"\xcd\x21\xf4")
+    seen = []
+    emu.delivery_observer = lambda vector, address, size: seen.append((vector, address, size))
+    emu.state.rflags = 0x2 | 0x1            # CF set, so the image is recognisable
+    emu.run(1)
+    sp = emu.state.gpr[4] & 0xFFFF
+    assert seen == [(0x21, emu.state.seg[2].base + sp + 4, 2)]
+    assert memory.read(seen[0][1], 2) == (0x3).to_bytes(2, "little")
