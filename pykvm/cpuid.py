@@ -1,7 +1,8 @@
 """The vCPU's CPUID: built once from what KVM supports, given to KVM and answered by the emulator.
 
-Both sides of the PVM boundary must describe the same processor, so the table handed
-to KVM_SET_CPUID2 is also what the userspace emulator's CPUID instruction returns.
+Both sides of the PVM boundary must describe the same processor, so the emulator's CPUID
+instruction answers from the vCPU's own table as KVM holds it after KVM_SET_CPUID2 (read back
+with KVM_GET_CPUID2: PVM adjusts the table it is given), looked up with KVM's rules.
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ from __future__ import annotations
 from pykvm.kvm._ffi import ffi
 
 _FLAG_SIGNIFICANT_INDEX = 1  # KVM_CPUID_FLAG_SIGNIFCANT_INDEX: the leaf has subleaves
+_ZEROS = (0, 0, 0, 0)
+# Vendor strings (EBX, EDX, ECX of leaf 0) of the CPUs that read out-of-range leaves as zeros.
+_AMD_VENDORS = {tuple(int.from_bytes(name[i:i + 4], "little") for i in (0, 4, 8))
+                for name in (b"AuthenticAMD", b"AMDisbetter!", b"HygonGenuine")}
 
 
 def vcpu_cpuid(supported, apic_id: int):
@@ -32,15 +37,57 @@ def vcpu_cpuid(supported, apic_id: int):
 
 
 class CpuidTable:
-    """CPUID lookups over a ``struct kvm_cpuid2``: call it with (leaf, subleaf)."""
+    """CPUID lookups over a ``struct kvm_cpuid2``, with KVM's rules: call it with (leaf, subleaf).
+
+    A leaf flagged as indexed answers only the subleaves it lists (others read as zeros, except
+    leaves 0xB/0x1F, whose ECX echoes the level number); an unindexed leaf ignores the subleaf.
+    For a vendor other than AMD/Hygon, a leaf above the maximum of its range answers as the
+    maximum basic leaf does, as Intel CPUs (and KVM) do; on AMD it reads as zeros.
+    """
 
     def __init__(self, cpuid):
-        self._entries = {}
+        self._indexed: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+        self._plain: dict[int, tuple[int, int, int, int]] = {}
         for i in range(cpuid.nent):
             e = cpuid.entries[i]
-            index = e.index if e.flags & _FLAG_SIGNIFICANT_INDEX else 0
-            self._entries[(e.function, index)] = (e.eax, e.ebx, e.ecx, e.edx)
+            regs = (e.eax, e.ebx, e.ecx, e.edx)
+            if e.flags & _FLAG_SIGNIFICANT_INDEX:
+                self._indexed[(e.function, e.index)] = regs
+                self._plain.setdefault(e.function, None)
+            else:
+                self._plain[e.function] = regs
+        vendor = self._plain.get(0) or (0, 0, 0, 0)
+        self._intel_ranges = (vendor[1], vendor[3], vendor[2]) not in _AMD_VENDORS
 
     def __call__(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
-        entries = self._entries
-        return entries.get((leaf, subleaf)) or entries.get((leaf, 0)) or (0, 0, 0, 0)
+        found = self._lookup(leaf, subleaf)
+        if found is not None:
+            return found
+        if self._intel_ranges and self._out_of_range(leaf):
+            leaf = self._plain[0][0]          # the maximum basic leaf answers instead
+            found = self._lookup(leaf, subleaf)
+            if found is not None:
+                return found
+        if leaf in (0xB, 0x1F) and (leaf, 1) in self._indexed:
+            return 0, 0, subleaf & 0xFF, self._indexed[(leaf, 1)][3]
+        return _ZEROS
+
+    def _lookup(self, leaf: int, subleaf: int):
+        regs = self._plain.get(leaf)
+        if regs is None:
+            return self._indexed.get((leaf, subleaf))
+        return regs
+
+    def _out_of_range(self, leaf: int) -> bool:
+        """Whether ``leaf`` lies above the maximum its range's first leaf reports (basic,
+        hypervisor 0x4000xx00, extended 0x80000000, Centaur 0xc0000000)."""
+        if self._plain.get(0) is None:
+            return False
+        if 0x40000000 <= leaf <= 0x4FFFFFFF:
+            first = leaf & 0xFFFFFF00
+        elif leaf >= 0xC0000000:
+            first = 0xC0000000
+        else:
+            first = leaf & 0x80000000
+        head = self._lookup(first, 0)
+        return head is None or leaf > head[0]

@@ -77,8 +77,10 @@ class Machine:
             self.vm = self.kvm.create_vm()
             self.memory = self.vm.create_memory(memory_size)
             self.vcpu = self.vm.create_vcpu()
-            self._cpuid = vcpu_cpuid(self.kvm.supported_cpuid(), self.vcpu.index)
-            self.vcpu.set_cpuid(self._cpuid)
+            self.vcpu.set_cpuid(vcpu_cpuid(self.kvm.supported_cpuid(), self.vcpu.index))
+            # What the vCPU really reports (PVM adjusts the table it is given): the emulator
+            # must answer the same, so a guest sees one processor across the PVM conversion.
+            self._cpuid = self.vcpu.get_cpuid()
             self.vcpu.enable_sync_regs()
         except BaseException:
             self.close()

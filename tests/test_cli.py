@@ -186,11 +186,11 @@ def test_kernel_emulation_failure_is_status_8_naming_rip_bytes_and_mnemonic():
 
 @pytest.mark.kvm
 def test_unemulated_instruction_is_status_8_naming_it(tmp_path):
-    path = tmp_path / "sysenter.bin"
-    path.write_bytes(b"\x0f\x34")
+    path = tmp_path / "fld1.bin"
+    path.write_bytes(b"\xd9\xe8")          # x87 is out of the emulator's scope
     result = invoke("run", "--mode", "protected", str(path))
     assert result.exit_code == 8
-    assert "rip=0x100000 bytes=0f 34 (sysenter)" in result.output
+    assert "rip=0x100000 bytes=d9 e8 (fld1)" in result.output
 
 
 def test_run_without_the_device_is_status_4(tmp_path):

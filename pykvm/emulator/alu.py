@@ -185,6 +185,13 @@ def zf_only(lf, zero):
     return (KNOWN, 0, 0, f | (ZF if zero else 0))
 
 
+def count_flags(lf, cf, zero):
+    """Flags after TZCNT/LZCNT: CF = the source was 0, ZF = the count is 0; the others
+    (undefined) keep their old values."""
+    f = arith(lf) & ~(CF | ZF)
+    return (KNOWN, 0, 0, f | (CF if cf else 0) | (ZF if zero else 0))
+
+
 def cf_only(lf, cf):
     """Flags after BT/BTS/BTR/BTC: CF = the bit; the others keep their values."""
     return (KNOWN, 0, 0, (arith(lf) & ~CF) | cf)

@@ -84,13 +84,15 @@ def handler_table() -> tuple[dict, "callable"]:
 class TranslateContext:
     """What a handler may bake into its code: the mode the block is translated for."""
 
-    __slots__ = ("bitness", "stack32", "real", "emu")
+    __slots__ = ("bitness", "stack32", "real", "emu", "cs_limit")
 
-    def __init__(self, emu, bitness: int, stack32: bool, real: bool):
+    def __init__(self, emu, bitness: int, stack32: bool, real: bool, cs_limit: int = 0xFFFFFFFF):
         self.emu = emu
         self.bitness = bitness
         self.stack32 = stack32
         self.real = real
+        # Blocks are cached per CS limit too, so near branches can bake in their limit check.
+        self.cs_limit = cs_limit
 
 
 _GLOBALS = {
@@ -242,7 +244,7 @@ class Gen:
         self.ntmp = 0
         self.terminal = False
         self.eip = eip
-        self.next_eip = ins.next_ip32 if ctx.bitness == 32 else ins.next_ip16
+        self.next_eip = ins.next_ip32   # fall-through: never truncated to 16 bits (see translate)
         self.indent = ""
 
     def k(self, value) -> str:

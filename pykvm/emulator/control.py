@@ -1,4 +1,4 @@
-"""Far control transfers: far JMP/CALL/RET, IRET, and the stack helpers they share.
+"""Far control transfers: far JMP/CALL/RET, IRET, SYSENTER/SYSEXIT, and the stack helpers they share.
 
 Every function validates first, then writes the stack (which may fault), and only then
 commits registers, so a fault leaves the architectural state as before the instruction.
@@ -12,7 +12,8 @@ from pykvm.emulator import segments
 from pykvm.emulator.faults import CpuFault
 from pykvm.x86.state import CS, SS, Segment
 from pykvm.x86 import descriptors as D
-from pykvm.x86.bits import CR0_PE, EXC_GP, FLAG_FIXED, FLAG_IF, FLAG_IOPL, FLAG_NT, FLAG_VM
+from pykvm.x86.bits import (CR0_PE, EXC_GP, FLAG_FIXED, FLAG_IF, FLAG_IOPL, FLAG_NT, FLAG_RF, FLAG_VM,
+                            MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP)
 
 _MASK = {2: 0xFFFF, 4: 0xFFFFFFFF}
 
@@ -162,9 +163,10 @@ def iret(emu, size: int) -> int:
         if eip > st.seg[CS].limit:
             raise CpuFault(EXC_GP, 0)
         if size == 2:
-            new = (old & 0xFFFF0000) | fl
+            # Bits 1, 3, 5 and 15 are reserved: IRET, like POPF, never loads them.
+            new = (old & 0xFFFF0000) | (fl & 0x7FD5) | FLAG_FIXED
         else:
-            new = (fl & 0x247FD5) | (old & 0x1A0000)   # RF not loaded (see _iret_flags)
+            new = (fl & 0x247FD5) | (old & 0x1A0000) | FLAG_FIXED   # RF not loaded (see _iret_flags)
         load_cs_real(emu, cs)
         set_sp(emu, sp)
         emu.set_flags(new)
@@ -205,3 +207,39 @@ def _iret_flags(old: int, fl: int, size: int, cpl: int) -> int:
     # instruction breakpoints are emulated, so it is cleared right away.
     return (new & 0x3E7FD5 & ~FLAG_VM) | (old & FLAG_VM) | FLAG_FIXED
 
+
+
+# -- SYSENTER / SYSEXIT ---------------------------------------------------------------------
+def _flat(selector: int, code: bool, dpl: int) -> Segment:
+    """The fixed flat 4 GiB segments SYSENTER/SYSEXIT load (nothing is read from the GDT)."""
+    return Segment(selector=selector, base=0, limit=0xFFFFFFFF, type=0xB if code else 0x3, present=1,
+                   dpl=dpl, db=1, s=1, l=0, g=1, avl=0, unusable=0)
+
+
+def sysenter(emu) -> int:
+    """SYSENTER (legacy mode): CPL 0 at SYSENTER_CS:SYSENTER_EIP with SS = CS + 8 and
+    ESP = SYSENTER_ESP; VM, IF and RF cleared. #GP(0) in real mode or with a null SYSENTER_CS."""
+    st = emu.state
+    cs = st.msrs.get(MSR_IA32_SYSENTER_CS, 0) & 0xFFFF
+    if not st.cr0 & CR0_PE or not cs & 0xFFFC:
+        raise CpuFault(EXC_GP, 0)
+    st.seg[CS] = _flat(cs & 0xFFFC, True, 0)
+    st.seg[SS] = _flat((cs & 0xFFFC) + 8, False, 0)
+    emu.R[4] = st.msrs.get(MSR_IA32_SYSENTER_ESP, 0) & 0xFFFFFFFF
+    emu.set_flags(emu.get_flags() & ~(FLAG_VM | FLAG_IF | FLAG_RF))
+    emu.mode_changed()
+    return st.msrs.get(MSR_IA32_SYSENTER_EIP, 0) & 0xFFFFFFFF
+
+
+def sysexit(emu) -> int:
+    """SYSEXIT (legacy mode): CPL 3 at (SYSENTER_CS + 16):EDX with SS = SYSENTER_CS + 24 and
+    ESP = ECX. #GP(0) in real mode, at CPL > 0 or with a null SYSENTER_CS."""
+    st = emu.state
+    cs = st.msrs.get(MSR_IA32_SYSENTER_CS, 0) & 0xFFFC
+    if not st.cr0 & CR0_PE or st.cpl or not cs:
+        raise CpuFault(EXC_GP, 0)
+    st.seg[CS] = _flat((cs + 16) | 3, True, 3)
+    st.seg[SS] = _flat((cs + 24) | 3, False, 3)
+    emu.R[4] = emu.R[1]
+    emu.mode_changed()
+    return emu.R[2]

@@ -17,6 +17,7 @@ import iced_x86 as X
 from pykvm.emulator import segments
 from pykvm.emulator.cpuid import default_cpuid
 from pykvm.emulator.faults import CpuFault
+from pykvm.emulator.features import FeatureCheck
 from pykvm.emulator.flags import ARITH, arith
 from pykvm.emulator.interrupts import deliver_exception
 from pykvm.emulator.mmu import Mmu, line_mask
@@ -50,6 +51,8 @@ class Emulator(SystemOps):
         self.memory = memory
         self.bus = bus
         self.cpuid = cpuid or default_cpuid
+        self.features = FeatureCheck(self.cpuid)
+        self._cr4_valid = None     # CR4 bits this CPUID allows, computed on the first CR4 write
         self.R = state.gpr
         self.mmu = Mmu(state, memory, bus, self._on_code_write)
         self.lf = (0, 0, 0, state.rflags & ARITH)
@@ -124,7 +127,8 @@ class Emulator(SystemOps):
         if ctl != self._ctl:
             self._ctl = ctl
             self.mmu.configure()
-        key = (self.bitness, self.stack32, real, cpl == 3)
+        # The CS limit is part of the key: near branches check their target against it.
+        key = (self.bitness, self.stack32, real, cpl == 3, cs.limit)
         cache = self._caches.get(key)
         if cache is None:
             cache = self._caches[key] = {}

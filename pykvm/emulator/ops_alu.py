@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import iced_x86 as X
 
-from pykvm.emulator.codegen import Invalid, MASKS, MNEMONIC_NAMES, REG_INFO, SIGNS, handler_table
+from pykvm.emulator.codegen import Invalid, MASKS, MNEMONIC_NAMES, REG_INFO, SEG_INDEX, SIGNS, handler_table
 from pykvm.emulator.flags import OP_ADD, OP_DEC, OP_INC, OP_RES, OP_SUB
 
 M = X.Mnemonic
@@ -175,21 +175,33 @@ _SHIFTS = {M.SHL: "shl", M.SAL: "shl", M.SHR: "shr", M.SAR: "sar",
            M.ROL: "rol", M.ROR: "ror", M.RCL: "rcl", M.RCR: "rcr"}
 
 
+def _emit_counted(g, d, call: str) -> None:
+    """The body shared by shifts and rotates: ``a`` and ``c`` (count & 0x1F) are set, and
+    ``call`` computes ``r, lf``. A count of 0 changes nothing, but a memory destination is
+    still written back (with its own value): the CPU's write check does not depend on the
+    count, so a read-only segment or page faults even then."""
+    g.emit("if c:")
+    g.indent = "    "
+    g.emit(f"r, lf = {call}")
+    d.write("r")
+    g.emit("E.lf = lf")
+    g.indent = ""
+    if d.kind == "mem":
+        g.emit("else:")
+        g.indent = "    "
+        d.write("a")
+        g.indent = ""
+
+
 @handles(*_SHIFTS)
 def _shift(g):
     d = g.op(0)
     size = d.size
     fn = _SHIFTS[g.ins.mnemonic]
     cnt = g.op(1, 1)
-    g.emit(f"a = {d.read()}", f"c = {cnt.read()} & 0x1F", "if c:")
-    g.indent = "    "
-    if fn in ("shl", "shr", "sar"):
-        g.emit(f"r, lf = {fn}(a, c, {size})")
-    else:
-        g.emit(f"r, lf = {fn}(a, c, {size}, E.lf)")
-    d.write("r")
-    g.emit("E.lf = lf")
-    g.indent = ""
+    g.emit(f"a = {d.read()}", f"c = {cnt.read()} & 0x1F")
+    lazy = "" if fn in ("shl", "shr", "sar") else ", E.lf"
+    _emit_counted(g, d, f"{fn}(a, c, {size}{lazy})")
 
 
 @handles(M.SHLD, M.SHRD)
@@ -197,12 +209,8 @@ def _shxd(g):
     d = g.op(0)
     size = d.size
     fn = "shld" if g.ins.mnemonic == M.SHLD else "shrd"
-    g.emit(f"a = {d.read()}", f"b = {g.op(1, size).read()}", f"c = {g.op(2, 1).read()} & 0x1F", "if c:")
-    g.indent = "    "
-    g.emit(f"r, lf = {fn}(a, b, c, {size})")
-    d.write("r")
-    g.emit("E.lf = lf")
-    g.indent = ""
+    g.emit(f"a = {d.read()}", f"b = {g.op(1, size).read()}", f"c = {g.op(2, 1).read()} & 0x1F")
+    _emit_counted(g, d, f"{fn}(a, b, c, {size})")
 
 
 # -- bit operations --------------------------------------------------------------------------
@@ -245,16 +253,55 @@ def _bt(g):
     g.emit("E.lf = cf_only(E.lf, a >> bit & 1)")
 
 
+@handles(M.BOUND)
+def _bound(g):
+    """BOUND: #BR (a fault) unless lower <= index <= upper, all signed; the bounds are two
+    operand-size words at the memory operand."""
+    d = g.op(0)
+    if g.ins.op1_kind != X.OpKind.MEMORY:
+        raise Invalid()
+    size = d.size
+    sign = SIGNS[size]
+    o = g.op(1, size).addr()
+    seg = g.k(SEG_INDEX[g.ins.memory_segment])
+    g.emit(f"lo = rdn({seg}, {o}, {size}) ^ {sign:#x}",
+           f"hi = rdn({seg}, ({o} + {size}) & {_addr_mask(g):#x}, {size}) ^ {sign:#x}",
+           f"i = {d.read()} ^ {sign:#x}",
+           "if i < lo or i > hi:", "    raise Fault(5)")
+
+
 @handles(M.BSF, M.BSR)
-def _bsf(g):
+def _bsf(g, fn: str | None = None):
     d = g.op(0)
     s = g.op(1, d.size)
-    fn = "bsf" if g.ins.mnemonic == M.BSF else "bsr"
+    fn = fn or ("bsf" if g.ins.mnemonic == M.BSF else "bsr")
     g.emit(f"b = {s.read()}", "if b:")
     g.indent = "    "
     d.write(f"{fn}(b)")
     g.indent = ""
     g.emit("E.lf = zf_only(E.lf, not b)")
+
+
+# TZCNT/LZCNT (F3 0F BC/BD) where CPUID offers BMI1 / LZCNT; elsewhere the F3 prefix is ignored
+# and they run as BSF/BSR, as on the processors without them (GCC emits ``rep bsf`` for ctz).
+_COUNT_FEATURE = {M.TZCNT: (7, 0, 1, 3), M.LZCNT: (0x80000001, 0, 2, 5)}   # leaf, subleaf, reg, bit
+
+
+@handles(M.TZCNT, M.LZCNT)
+def _tzcnt(g):
+    mn = g.ins.mnemonic
+    leaf, subleaf, reg, bit = _COUNT_FEATURE[mn]
+    if not g.ctx.emu.cpuid(leaf, subleaf)[reg] >> bit & 1:
+        return _bsf(g, "bsf" if mn == M.TZCNT else "bsr")
+    d = g.op(0)
+    bits = d.size * 8
+    g.emit(f"b = {g.op(1, d.size).read()}")
+    if mn == M.TZCNT:
+        g.emit(f"r = bsf(b) if b else {bits}")
+    else:
+        g.emit(f"r = {bits} - b.bit_length()")
+    d.write("r")
+    g.emit("E.lf = count_flags(E.lf, not b, not r)")
 
 
 # -- SETcc / CMOVcc -----------------------------------------------------------------------------
@@ -287,6 +334,12 @@ for _m in CC_OF:
 def _cf_ops(g):
     expr = {M.CLC: "arith(E.lf) & ~1", M.STC: "arith(E.lf) | 1", M.CMC: "arith(E.lf) ^ 1"}[g.ins.mnemonic]
     g.emit(f"E.lf = (0, 0, 0, {expr})")
+
+
+@handles(M.SALC)
+def _salc(g):
+    """SALC (D6, undocumented on Intel, documented by AMD): AL = CF ? 0xFF : 0; flags unchanged."""
+    g.emit("R[0] = R[0] & 0xFFFFFF00 | (0xFF if carry(E.lf) else 0)")
 
 
 @handles(M.LAHF)

@@ -109,8 +109,12 @@ def _xchg(g):
     a.write("y")
 
 
-@handles(M.NOP, M.PAUSE, M.PREFETCHNTA, M.PREFETCHT0, M.PREFETCHT1, M.PREFETCHT2, M.PREFETCHW,
-         M.LFENCE, M.MFENCE, M.SFENCE, M.CLFLUSH, M.CLFLUSHOPT)
+@handles(M.NOP, M.PAUSE, M.LFENCE, M.MFENCE, M.SFENCE, M.CLFLUSH, M.CLFLUSHOPT, M.CLWB,
+         # The hint space (0F 0D, 0F 18-1F): prefetches, reserved NOPs, and what CPUs without the
+         # feature (or with it disabled, as CET always is here) execute as NOPs. None of them
+         # touches its memory operand, so none can fault.
+         M.PREFETCHNTA, M.PREFETCHT0, M.PREFETCHT1, M.PREFETCHT2, M.PREFETCHW, M.PREFETCH, M.PREFETCHWT1,
+         M.PREFETCHIT0, M.PREFETCHIT1, M.RESERVEDNOP, M.CLDEMOTE, M.ENDBR32, M.ENDBR64, M.RDSSPD)
 def _nop(g):
     g.emit("pass")
 
@@ -190,7 +194,9 @@ def _popf(g):
 
 @handles(M.LEAVE)
 def _leave(g):
-    size = stack_size(g)
+    # The operand size (66 prefix) says how much EBP to pop; the stack size how much of EBP
+    # goes to (E)SP first. (iced cannot know LEAVE's stack increment: it depends on EBP.)
+    size = g.ins.op_code().operand_size // 8
     if g.ctx.stack32:
         g.emit("sp = R[5]")
         g.emit(f"v = {_RD[size]}(2, sp)", f"R[4] = (sp + {size}) & 0xFFFFFFFF")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import iced_x86 as X
 
-from pykvm.emulator.codegen import CODE_NAMES, Invalid, MASKS, MNEMONIC_NAMES, handler_table
+from pykvm.emulator.codegen import CODE_NAMES, Invalid, MASKS, MNEMONIC_NAMES, Unsupported, handler_table
 from pykvm.emulator.ops_alu import CC_OF, cond_expr
 from pykvm.emulator.ops_data import emit_pop, emit_push
+from pykvm.x86.bits import EFER_SCE
 
 M = X.Mnemonic
 OK = X.OpKind
@@ -19,10 +20,36 @@ HANDLERS, handles = handler_table()
 
 
 
+# -- near branches and the CS limit ----------------------------------------------------------
+# SDM (JMP, CALL, Jcc, RET, LOOP): "IF tempEIP is beyond code segment limit THEN #GP(0)": the
+# branch faults, before it pushes anything, not the fetch at the target. Blocks are cached per
+# CS limit (``ctx.cs_limit``), so the check is decided at translation time for a constant target
+# and emitted only where an operand-size-wide target can exceed the limit.
+def _beyond_limit(g, target: int) -> bool:
+    return target > g.ctx.cs_limit
+
+
+def _emit_target_check(g, var: str, size: int) -> None:
+    """Fault if the computed target ``var`` (``size`` bytes wide) lies past the CS limit."""
+    if MASKS[size] > g.ctx.cs_limit:
+        g.emit(f"if {var} > {g.k(g.ctx.cs_limit)}:", "    raise Fault(13, 0)")
+
+
+def _taken_or_next(g, expr: str, commit: tuple = ()) -> None:
+    """Return the branch target if ``expr`` holds, else the next instruction; ``commit`` lines
+    (register updates) run once the branch can no longer fault."""
+    target = g.ins.near_branch_target
+    if _beyond_limit(g, target):
+        g.emit(f"if {expr}:", "    raise Fault(13, 0)", *commit, f"return {g.k(g.next_eip)}")
+    elif commit:
+        g.emit(*commit, f"return {g.k(target)} if {expr} else {g.k(g.next_eip)}")
+    else:
+        g.emit(f"return {g.k(target)} if {expr} else {g.k(g.next_eip)}")
+
+
 def _jcc(g):
     g.terminal = True
-    expr = cond_expr(g, CC_OF[g.ins.mnemonic])
-    g.emit(f"return {g.k(g.ins.near_branch_target)} if {expr} else {g.k(g.next_eip)}")
+    _taken_or_next(g, cond_expr(g, CC_OF[g.ins.mnemonic]))
 
 
 for _m in CC_OF:
@@ -36,7 +63,7 @@ def _jmp(g):
     g.terminal = True
     kind = ins.op0_kind
     if kind in (OK.NEAR_BRANCH16, OK.NEAR_BRANCH32):
-        g.emit(f"return {g.k(ins.near_branch_target)}")
+        _taken_or_next(g, "True")
     elif kind in (OK.FAR_BRANCH16, OK.FAR_BRANCH32):
         off = ins.far_branch32 if kind == OK.FAR_BRANCH32 else ins.far_branch16
         g.emit("E.stop = True", f"return E.far_jmp({g.k(ins.far_branch_selector)}, {g.k(off)})")
@@ -44,7 +71,9 @@ def _jmp(g):
         _far_indirect(g, "jmp")
     else:
         s = g.op(0)
-        g.emit(f"return {s.read()}")
+        g.emit(f"t = {s.read()}")
+        _emit_target_check(g, "t", s.size)
+        g.emit("return t")
 
 
 def _far_indirect(g, what: str):
@@ -69,6 +98,9 @@ def _call(g):
     kind = ins.op0_kind
     if kind in (OK.NEAR_BRANCH16, OK.NEAR_BRANCH32):
         size = 2 if kind == OK.NEAR_BRANCH16 else 4
+        if _beyond_limit(g, ins.near_branch_target):
+            g.emit("raise Fault(13, 0)")
+            return
         emit_push(g, g.k(g.next_eip & MASKS[size]), size)
         g.emit(f"return {g.k(ins.near_branch_target)}")
     elif kind in (OK.FAR_BRANCH16, OK.FAR_BRANCH32):
@@ -82,6 +114,7 @@ def _call(g):
         s = g.op(0)
         size = s.size
         g.emit(f"t = {s.read()}")
+        _emit_target_check(g, "t", size)
         emit_push(g, g.k(g.next_eip & MASKS[size]), size)
         g.emit("return t")
 
@@ -98,6 +131,7 @@ def _ret(g):
             commit = f"R[4] = (sp + {size} + {g.k(imm)}) & 0xFFFFFFFF"
         else:
             commit = f"R[4] = R[4] & 0xFFFF0000 | (sp + {size} + {g.k(imm)}) & 0xFFFF"
+    _emit_target_check(g, "v", size)
     g.emit(commit, "return v")
 
 
@@ -150,22 +184,23 @@ def _loop(g):
     mask = _counter(g)
     mn = g.ins.mnemonic
     if mask == 0xFFFFFFFF:
-        g.emit("c = (R[1] - 1) & 0xFFFFFFFF", "R[1] = c")
+        g.emit("c = (R[1] - 1) & 0xFFFFFFFF")
+        commit = ("R[1] = c",)
     else:
-        g.emit("c = (R[1] - 1) & 0xFFFF", "R[1] = R[1] & 0xFFFF0000 | c")
-    taken, nxt = g.k(g.ins.near_branch_target), g.k(g.next_eip)
+        g.emit("c = (R[1] - 1) & 0xFFFF")
+        commit = ("R[1] = R[1] & 0xFFFF0000 | c",)
     if mn == M.LOOP:
-        g.emit(f"return {taken} if c else {nxt}")
+        _taken_or_next(g, "c", commit)
     else:
         zf = cond_expr(g, 4 if mn == M.LOOPE else 5)
-        g.emit(f"return {taken} if c and {zf} else {nxt}")
+        _taken_or_next(g, f"c and {zf}", commit)
 
 
 @handles(M.JCXZ, M.JECXZ)
 def _jcxz(g):
     g.terminal = True
     mask = 0xFFFFFFFF if g.ins.mnemonic == M.JECXZ else 0xFFFF
-    g.emit(f"return {g.k(g.ins.near_branch_target)} if not R[1] & {mask:#x} else {g.k(g.next_eip)}")
+    _taken_or_next(g, f"not R[1] & {mask:#x}")
 
 
 @handles(M.HLT)
@@ -173,3 +208,19 @@ def _hlt(g):
     g.terminal = True
     g.emit("E.require_cpl0()", "ST.halted = True", "E.stop = True", f"return {g.k(g.next_eip)}")
 
+
+
+@handles(M.SYSENTER, M.SYSEXIT)
+def _sysenter(g):
+    g.terminal = True
+    fn = "sysenter" if g.ins.mnemonic == M.SYSENTER else "sysexit"
+    g.emit("E.stop = True", f"return E.{fn}()")
+
+
+@handles(M.SYSCALL, M.SYSRET)
+def _syscall(g):
+    """#UD while EFER.SCE is clear (a WRMSR to EFER retranslates, so this is decided here);
+    with it set, legacy-mode SYSCALL (AMD only) is not emulated."""
+    if not g.ctx.emu.state.efer & EFER_SCE:
+        raise Invalid()
+    raise Unsupported("SYSCALL/SYSRET outside 64-bit mode")

@@ -114,8 +114,15 @@ def _code_name(g) -> str:
     return CODE_NAMES[g.ins.code]
 
 
+def _protected_mode_only(g) -> None:
+    """LLDT/LTR/SLDT/STR/LAR/LSL/VERR/VERW/ARPL: #UD in real mode, before any operand is read."""
+    if g.ctx.real:
+        raise Invalid()
+
+
 @handles(M.LLDT, M.LTR)
 def _lldt(g):
+    _protected_mode_only(g)
     s = g.op(0, 2)
     fn = "lldt" if g.ins.mnemonic == M.LLDT else "ltr"
     g.emit(f"E.{fn}({s.read()})")
@@ -123,9 +130,43 @@ def _lldt(g):
 
 @handles(M.SLDT, M.STR)
 def _sldt(g):
+    _protected_mode_only(g)
     d = g.op(0)
     idx = 6 if g.ins.mnemonic == M.SLDT else 7
     d.write(f"ST.seg[{g.k(idx)}].selector")
+
+
+@handles(M.LAR, M.LSL)
+def _lar(g):
+    """LAR/LSL: ZF=1 and the access rights / limit of a descriptor visible at this CPL, else ZF=0
+    and the destination unchanged."""
+    _protected_mode_only(g)
+    d = g.op(0)
+    fn = "lar" if g.ins.mnemonic == M.LAR else "lsl"
+    g.emit(f"v = E.{fn}({g.op(1, 2).read()} & 0xFFFF)", "if v is not None:")
+    g.indent = "    "
+    d.write(f"v & {MASKS[d.size]:#x}")
+    g.indent = ""
+    g.emit("E.lf = zf_only(E.lf, v is not None)")
+
+
+@handles(M.VERR, M.VERW)
+def _verr(g):
+    _protected_mode_only(g)
+    write = g.ins.mnemonic == M.VERW
+    g.emit(f"E.lf = zf_only(E.lf, E.verify({g.op(0, 2).read()}, {write}))")
+
+
+@handles(M.ARPL)
+def _arpl(g):
+    """ARPL: raise the destination selector's RPL to the source's (ZF=1), else ZF=0."""
+    _protected_mode_only(g)
+    d = g.op(0, 2)
+    g.emit(f"a = {d.read()}", f"b = {g.op(1, 2).read()}", "if a & 3 < b & 3:")
+    g.indent = "    "
+    d.write("a & 0xFFFC | b & 3")
+    g.indent = ""
+    g.emit("E.lf = zf_only(E.lf, a & 3 < b & 3)")
 
 
 @handles(M.SMSW)
@@ -160,7 +201,7 @@ def _wrmsr(g):
 
 @handles(M.CPUID)
 def _cpuid(g):
-    g.emit("a, b, c, d = E.cpuid(R[0], R[1])",
+    g.emit("a, b, c, d = E.cpuid_insn(R[0], R[1])",
            "R[0] = a & 0xFFFFFFFF", "R[3] = b & 0xFFFFFFFF", "R[1] = c & 0xFFFFFFFF", "R[2] = d & 0xFFFFFFFF")
 
 

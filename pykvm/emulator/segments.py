@@ -137,8 +137,10 @@ def check_code_segment(emu, selector: int, for_return: bool = False, ext: int = 
     d = D.decode_descriptor(raw)
     err = (selector & 0xFFFC) | ext
     if not d.s:
-        if d.type in (D.SYS_CALL_GATE16, D.SYS_CALL_GATE32, D.SYS_TASK_GATE, D.SYS_TSS16_AVAIL,
-                      D.SYS_TSS32_AVAIL):
+        # Only JMP and CALL go through gates or switch tasks; a return to a system descriptor
+        # is an ordinary #GP(selector).
+        if not for_return and d.type in (D.SYS_CALL_GATE16, D.SYS_CALL_GATE32, D.SYS_TASK_GATE,
+                                         D.SYS_TSS16_AVAIL, D.SYS_TSS32_AVAIL):
             raise NotImplementedError("far transfer through a call gate, task gate or TSS")
         raise CpuFault(EXC_GP, err)
     if not d.type & D.TYPE_CODE:

@@ -10,31 +10,23 @@ from __future__ import annotations
 
 import time
 
-from pykvm.emulator import control, interrupts, segments
+from pykvm.emulator import control, interrupts, msrs, segments
+from pykvm.emulator import cpuid as cpuid_tables
 from pykvm.emulator.faults import CpuFault
 from pykvm.x86.state import CS, LDTR, SS, TR, Segment
 from pykvm.x86 import descriptors as D
 from pykvm.x86 import bits as B
 
-_CR4_VALID = (B.CR4_VME | B.CR4_PVI | B.CR4_TSD | B.CR4_DE | B.CR4_PSE | B.CR4_PAE | B.CR4_MCE
-              | B.CR4_PGE | (1 << 8) | B.CR4_OSFXSR | B.CR4_OSXMMEXCPT | (1 << 11) | (1 << 16)
-              | (1 << 17) | (1 << 18) | (1 << 20) | (1 << 21))
+_CR4_LA57, _CR4_PCIDE = 1 << 12, 1 << 17
 _EFER_VALID = B.EFER_SCE | B.EFER_LME | B.EFER_LMA | B.EFER_NXE
+# Defined CR0 bits; MOV to CR0 ignores the others (SDM vol. 3, 2.5), as KVM does.
+_CR0_DEFINED = (B.CR0_PE | B.CR0_MP | B.CR0_EM | B.CR0_TS | B.CR0_ET | B.CR0_NE | B.CR0_WP | B.CR0_AM
+                | B.CR0_NW | B.CR0_CD | B.CR0_PG)
 
-# MSRs kept in ``state.msrs`` (besides EFER and APIC_BASE, which have their own fields).
-_PLAIN_MSRS = {
-    B.MSR_IA32_SYSENTER_CS, B.MSR_IA32_SYSENTER_ESP, B.MSR_IA32_SYSENTER_EIP, B.MSR_IA32_MISC_ENABLE,
-    B.MSR_IA32_PAT, B.MSR_STAR, B.MSR_LSTAR, B.MSR_CSTAR, B.MSR_SYSCALL_MASK, B.MSR_FS_BASE,
-    B.MSR_GS_BASE, B.MSR_KERNEL_GS_BASE, B.MSR_TSC_AUX,
-    0x17,    # IA32_PLATFORM_ID
-    0x8B,    # IA32_BIOS_SIGN_ID (microcode revision)
-    0x179, 0x17A,   # MCG_CAP, MCG_STATUS
-    0x2FF,   # MTRR default type
-    0x250, 0x258, 0x259, *range(0x268, 0x270),   # fixed-range MTRRs
-    *range(0x200, 0x210),                         # variable-range MTRRs
-}
-_MSR_DEFAULTS = {B.MSR_IA32_PAT: 0x0007040600070406, 0xFE: 0x508}
-_READ_ONLY_MSRS = {0xFE}   # MTRRcap
+# System descriptors LAR reports (TSSs, LDT, call and task gates) and LSL (those with a limit).
+_LAR_SYSTEM_TYPES = frozenset((D.SYS_TSS16_AVAIL, D.SYS_LDT, D.SYS_TSS16_BUSY, D.SYS_CALL_GATE16, D.SYS_TASK_GATE,
+                               D.SYS_TSS32_AVAIL, D.SYS_TSS32_BUSY, D.SYS_CALL_GATE32))
+_LSL_SYSTEM_TYPES = frozenset((D.SYS_TSS16_AVAIL, D.SYS_LDT, D.SYS_TSS16_BUSY, D.SYS_TSS32_AVAIL, D.SYS_TSS32_BUSY))
 
 
 class SystemOps:
@@ -89,10 +81,12 @@ class SystemOps:
             sp = (sp - size) & smask
             wrn(SS, sp, size, frame & vmask)
         sp = (sp - alloc) & smask
-        if size == 4:
+        # The stack size, not the operand size, says how much of EBP gets the frame pointer:
+        # an o32 ENTER on a 16-bit stack keeps EBP's upper half (SDM ENTER, "BP <- FrameTemp").
+        if self.stack32:
             R[5] = frame
         else:
-            R[5] = (R[5] & 0xFFFF0000) | (frame & 0xFFFF)
+            R[5] = (R[5] & 0xFFFF0000) | frame
         control.set_sp(self, sp)
 
     def popf(self, value: int, size: int) -> None:
@@ -125,6 +119,12 @@ class SystemOps:
     def iret(self, size: int) -> int:
         return control.iret(self, size)
 
+    def sysenter(self) -> int:
+        return control.sysenter(self)
+
+    def sysexit(self) -> int:
+        return control.sysexit(self)
+
     def software_interrupt(self, vector: int, next_eip: int, software: bool = True) -> None:
         """INT n / INT3 / INTO: deliver with the return address after the instruction."""
         interrupts.deliver(self, vector, None, next_eip, software=software)
@@ -147,10 +147,7 @@ class SystemOps:
             st.cr3 = value
             self.flush_tlb()
         elif n == 4:
-            if value & ~_CR4_VALID:
-                raise CpuFault(B.EXC_GP, 0)
-            if st.efer & B.EFER_LMA and not value & B.CR4_PAE:
-                raise CpuFault(B.EXC_GP, 0)
+            self._check_cr4(value)
             st.cr4 = value
             self.flush_tlb()
         elif n == 8:
@@ -160,8 +157,22 @@ class SystemOps:
         self.mode_changed()
         self.stop = True
 
+    def _check_cr4(self, value: int) -> None:
+        """#GP(0) for CR4 bits this CPUID does not offer, PAE cleared or LA57 toggled in long
+        mode, PCIDE set outside long mode or with a nonzero PCID in CR3 (as KVM checks)."""
+        st = self.state
+        if self._cr4_valid is None:
+            self._cr4_valid = cpuid_tables.cr4_valid_bits(self.cpuid)
+        if value & ~self._cr4_valid:
+            raise CpuFault(B.EXC_GP, 0)
+        if st.efer & B.EFER_LMA and (not value & B.CR4_PAE or (value ^ st.cr4) & _CR4_LA57):
+            raise CpuFault(B.EXC_GP, 0)
+        if value & _CR4_PCIDE and not st.cr4 & _CR4_PCIDE and (not st.efer & B.EFER_LMA or st.cr3 & 0xFFF):
+            raise CpuFault(B.EXC_GP, 0)
+
     def _write_cr0(self, value: int) -> None:
         st = self.state
+        value &= _CR0_DEFINED
         if value & B.CR0_PG and not value & B.CR0_PE:
             raise CpuFault(B.EXC_GP, 0)
         if value & B.CR0_NW and not value & B.CR0_CD:
@@ -239,6 +250,47 @@ class SystemOps:
         st.seg[LDTR] = Segment(selector=selector, base=d.base, limit=d.limit, type=d.type, present=1,
                                dpl=d.dpl, db=d.db, s=0, l=0, g=d.g, avl=d.avl, unusable=0)
 
+    # -- descriptor queries: LAR, LSL, VERR, VERW ---------------------------------------------
+    def _visible_descriptor(self, selector: int, system_types) -> tuple | None:
+        """(raw, decoded) of the descriptor ``selector`` names if LAR/LSL/VERR/VERW may see it
+        at this CPL: in the table, of a code/data type or one of ``system_types``, and (unless
+        conforming code) with DPL >= CPL and DPL >= RPL. None otherwise (ZF=0, no fault)."""
+        if selector & 0xFFFC == 0:
+            return None
+        try:
+            raw, _ = segments.read_descriptor(self, selector)
+        except CpuFault as e:
+            if e.vector == B.EXC_GP:
+                return None            # beyond the GDT/LDT limit: not a fault for these
+            raise
+        d = D.decode_descriptor(raw)
+        if not d.s and d.type not in system_types:
+            return None
+        conforming_code = d.s and d.type & D.TYPE_CODE and d.type & D.TYPE_CODE_CONFORMING
+        if not conforming_code and (d.dpl < self.state.cpl or d.dpl < selector & 3):
+            return None
+        return raw, d
+
+    def lar(self, selector: int) -> int | None:
+        """Access rights: descriptor bits 8-15 and 20-23 (16-19, the limit's top, are undefined
+        in the SDM; cleared, as QEMU does)."""
+        found = self._visible_descriptor(selector, _LAR_SYSTEM_TYPES)
+        return None if found is None else found[0] >> 32 & 0x00F0FF00
+
+    def lsl(self, selector: int) -> int | None:
+        found = self._visible_descriptor(selector, _LSL_SYSTEM_TYPES)
+        return None if found is None else found[1].limit
+
+    def verify(self, selector: int, write: bool) -> bool:
+        """VERR / VERW: readable (data, or readable code) / writable data at this CPL."""
+        found = self._visible_descriptor(selector, ())
+        if found is None:
+            return False
+        t = found[1].type
+        if write:
+            return not t & D.TYPE_CODE and bool(t & D.TYPE_DATA_WRITABLE)
+        return not t & D.TYPE_CODE or bool(t & D.TYPE_CODE_READABLE)
+
     def ltr(self, selector: int) -> None:
         if self.real:
             raise CpuFault(B.EXC_UD)
@@ -274,8 +326,8 @@ class SystemOps:
             return st.seg[4].base
         if index == B.MSR_GS_BASE:
             return st.seg[5].base
-        if index in _PLAIN_MSRS or index in _READ_ONLY_MSRS:
-            return st.msrs.get(index, _MSR_DEFAULTS.get(index, 0))
+        if index in msrs.PLAIN or index in msrs.READ_ONLY:
+            return st.msrs.get(index, msrs.DEFAULTS.get(index, 0))
         raise CpuFault(B.EXC_GP, 0)
 
     def wrmsr(self, index: int, value: int) -> None:
@@ -285,16 +337,14 @@ class SystemOps:
         if index == B.MSR_EFER:
             self._write_efer(value)
         elif index == B.MSR_IA32_APIC_BASE:
-            st.apic_base = value
+            st.apic_base = msrs.checked_apic_base(st.apic_base, value, self.cpuid)
         elif index == B.MSR_IA32_TSC:
             self.tsc_offset = value - time.monotonic_ns()
-        elif index in _PLAIN_MSRS:
+        elif index in msrs.PLAIN:
+            value = msrs.checked_value(index, value, self.cpuid)
             if index in (B.MSR_FS_BASE, B.MSR_GS_BASE):
                 seg = st.seg[4 if index == B.MSR_FS_BASE else 5]
                 seg.base = value
-            if index == B.MSR_IA32_PAT and any((value >> (8 * i)) & 0xFF in (2, 3) or (value >> (8 * i)) & 0xF8
-                                               for i in range(8)):
-                raise CpuFault(B.EXC_GP, 0)
             st.msrs[index] = value
         else:
             raise CpuFault(B.EXC_GP, 0)
@@ -311,6 +361,11 @@ class SystemOps:
             raise CpuFault(B.EXC_GP, 0)
         st.efer = (value & ~B.EFER_LMA) | (st.efer & B.EFER_LMA)
         self.flush_tlb()
+
+    def cpuid_insn(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        """The CPUID instruction: the vCPU's table, with the bits KVM keeps current at run time."""
+        st = self.state
+        return cpuid_tables.runtime_view(self.cpuid(leaf, subleaf), leaf, subleaf, st.cr4, st.apic_base)
 
     def rdtsc(self) -> int:
         if self.state.cr4 & B.CR4_TSD and not self.real and self.state.cpl != 0:

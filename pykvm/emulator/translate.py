@@ -14,11 +14,13 @@ import iced_x86 as X
 from pykvm.emulator import codegen
 from pykvm.emulator.codegen import Gen, Invalid, TranslateContext, Unsupported
 from pykvm.emulator.faults import CpuFault
+from pykvm.emulator.features import F
 from pykvm.emulator.handlers import HANDLERS
 from pykvm.errors import EmulationError
-from pykvm.x86.bits import EXC_GP, EXC_UD
+from pykvm.x86.bits import CR0_EM, CR0_TS, CR4_OSFXSR, CR4_OSXSAVE, EXC_GP, EXC_NM, EXC_UD
 
 MAX_BLOCK = 64
+LEGACY = X.EncodingKind.LEGACY
 _FORMATTER = X.Formatter(X.FormatterSyntax.INTEL)
 
 
@@ -99,10 +101,50 @@ def _read_phys(emu, phys: int, n: int):
     return bytes(emu.bus.mmio_read(phys + i, 1) & 0xFF for i in range(n)), False
 
 
+_X87 = frozenset((F.FPU, F.FPU287, F.FPU387, F.FXSR))
+_SSE = frozenset((F.SSE, F.SSE2, F.SSE3, F.SSSE3, F.SSE4_1, F.SSE4_2, F.SSE4A, F.AES, F.PCLMULQDQ, F.SHA,
+                  F.GFNI))
+_XSAVE = frozenset((F.XSAVE, F.XSAVEOPT, F.XSAVEC, F.XSAVES))
+_VEX_GPR = frozenset((F.BMI1, F.BMI2))         # VEX-encoded instructions on general registers
+_MMX_REGISTERS = range(X.Register.MM0, X.Register.MM7 + 1)
+
+
+def _unimplemented(emu, ins, error: EmulationError):
+    """The closure of an instruction pykvm does not emulate: the #UD / #NM the CPU would raise
+    first where CR0/CR4/XCR0 say the unit is off (checked when it runs: CR0.TS changes without
+    a retranslation), else the emulation error.
+
+    XCR0 keeps its reset value (x87 only) in the emulator, since XSETBV is not emulated, so
+    AVX-class (VEX/EVEX vector) instructions always raise #UD here."""
+    features = set(ins.cpuid_features())
+    mmx = any(ins.op_kind(i) == X.OpKind.REGISTER and ins.op_register(i) in _MMX_REGISTERS
+              for i in range(ins.op_count))
+    x87 = bool(features & _X87)
+    sse = not mmx and bool(features & _SSE)
+    avx = ins.encoding in (X.EncodingKind.VEX, X.EncodingKind.EVEX) and not features <= _VEX_GPR
+    xsave = bool(features & _XSAVE)
+    st = emu.state
+
+    def f():
+        cr0 = st.cr0
+        if avx or (xsave and not st.cr4 & CR4_OSXSAVE):
+            raise CpuFault(EXC_UD)
+        if x87:
+            if cr0 & (CR0_EM | CR0_TS):
+                raise CpuFault(EXC_NM)
+        elif mmx or sse:
+            if cr0 & CR0_EM or (sse and not st.cr4 & CR4_OSFXSR):
+                raise CpuFault(EXC_UD)
+            if cr0 & CR0_TS:
+                raise CpuFault(EXC_NM)
+        raise error
+    return f
+
+
 def translate_block(emu, lin: int, eip: int) -> tuple[Block, bool]:
     """Translate the block at linear ``lin`` (EIP ``eip``) for the current mode."""
     bitness = emu.bitness
-    ctx = TranslateContext(emu, bitness, emu.stack32, emu.real)
+    ctx = TranslateContext(emu, bitness, emu.stack32, emu.real, emu.state.seg[1].limit)
     try:
         data, pages, cacheable, deferred = fetch_code(emu, lin, eip)
     except CpuFault as e:
@@ -116,14 +158,19 @@ def translate_block(emu, lin: int, eip: int) -> tuple[Block, bool]:
     first_page_room = 0x1000 - (lin & 0xFFF)
     term = None
     end = 0
-    emask = 0xFFFFFFFF if bitness == 32 else 0xFFFF
+    # Falling through to the next instruction never wraps EIP at 64 KiB, not even in 16-bit
+    # code: past a CS limit above 0xFFFF execution goes on at 0x10000 (only branch targets
+    # are truncated to the operand size).
+    emask = 0xFFFFFFFF
     # Recipes of instructions already translated in this mode, by their bytes: code that runs
     # once (boot code) repeats the same few hundred instruction shapes, and a hit skips the
     # handler and code generation. Only non-terminal instructions are kept: they never bake
     # their EIP into the closure (everything that uses EIP ends a block).
-    shapes = emu.shapes.get((bitness, ctx.stack32))
+    shape_key = (bitness, ctx.stack32, ctx.real)
+    shapes = emu.shapes.get(shape_key)
     if shapes is None:
-        shapes = emu.shapes[(bitness, ctx.stack32)] = {}
+        shapes = emu.shapes[shape_key] = {}
+    features = emu.features
     while True:
         if decoder.position >= len(data):
             break
@@ -155,6 +202,13 @@ def translate_block(emu, lin: int, eip: int) -> tuple[Block, bool]:
             continue
         g = Gen(ctx, ins, ins_eip)
         try:
+            if ins.encoding != LEGACY and ctx.real:
+                # Real (and virtual-8086) mode has no VEX/EVEX/XOP: C4/C5 are LES/LDS, 62 is
+                # BOUND and 8F is POP, and their register forms (what the prefixes look like)
+                # are invalid.
+                raise Invalid()
+            if not features.allows(ins):
+                raise Invalid()        # a feature this vCPU's CPUID does not report
             handler = HANDLERS.get(ins.mnemonic)
             if handler is None:
                 raise Unsupported("instruction not implemented")
@@ -171,7 +225,7 @@ def translate_block(emu, lin: int, eip: int) -> tuple[Block, bool]:
             msg = f"cannot emulate {codegen.MNEMONIC_NAMES.get(ins.mnemonic, '?').lower()}: {e}"
             err = EmulationError(msg, rip=(emu.mmu.sbase[1] + ins_eip) & 0xFFFFFFFF,
                                  code=data[start:decoder.position], mnemonic=describe(ins))
-            term = _raiser(lambda: err)
+            term = _unimplemented(emu, ins, err)
             break
         if g.terminal:
             term = fn

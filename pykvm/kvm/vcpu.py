@@ -163,6 +163,17 @@ class Vcpu:
         """KVM_SET_CPUID2 with a ``struct kvm_cpuid2 *`` (e.g. ``Kvm.supported_cpuid()``)."""
         ioctl(self.fd, K.KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2")
 
+    def get_cpuid(self, max_entries: int = 256):
+        """KVM_GET_CPUID2: the vCPU's CPUID table as KVM keeps it, a new ``struct kvm_cpuid2 *``.
+
+        Not always what KVM_SET_CPUID2 was given: the hypervisor may adjust entries (PVM ORs
+        in the host features its guests can use natively) and KVM keeps run-time bits current.
+        """
+        cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": max_entries, "entries": max_entries})
+        cpuid.nent = max_entries
+        ioctl(self.fd, K.KVM_GET_CPUID2, cpuid, "KVM_GET_CPUID2")
+        return cpuid
+
     def get_mp_state(self) -> int:
         ioctl(self.fd, K.KVM_GET_MP_STATE, self._mp_state, "KVM_GET_MP_STATE")
         return self._mp_state.mp_state
