@@ -19,13 +19,13 @@ from pykvm.emulator.cpuid import default_cpuid
 from pykvm.emulator.faults import CpuFault
 from pykvm.emulator.features import FeatureCheck
 from pykvm.emulator.flags import ARITH, arith
-from pykvm.emulator.interrupts import deliver_exception
+from pykvm.emulator.interrupts import deliver_exception, deliver_external
 from pykvm.emulator.mmu import Mmu, line_mask
 from pykvm.x86.state import CS, SS, CpuState
 from pykvm.emulator.system import SystemOps
 from pykvm.emulator.translate import translate_block
 from pykvm.errors import EmulationError, GuestShutdownError
-from pykvm.x86.bits import CR0_PE, CR0_PG, CR0_WP, EFER_LMA, FLAG_TF, FLAG_VM
+from pykvm.x86.bits import CR0_PE, CR0_PG, CR0_WP, EFER_LMA, FLAG_IF, FLAG_TF, FLAG_VM
 
 _OWN_CODE = (os.path.join("pykvm", "emulator", ""), os.path.join("pykvm", "x86", ""), "<x86-template>")
 
@@ -59,6 +59,11 @@ class Emulator(SystemOps):
         self.stop = False
         self.shadow = False
         self.instructions_executed = 0
+        # The INTR line, kept by the machine from the interrupt controller, and the controller
+        # itself (``acknowledge() -> vector`` is the INTA cycle). Checked once per block.
+        self.intr_pending = False
+        self.interrupt_controller = None
+        self.interrupts_delivered = 0
         # Called after every interrupt/exception delivery as (vector, linear address of the
         # pushed EFLAGS image, its size); None costs nothing (deliveries are rare anyway).
         self.delivery_observer = None
@@ -252,10 +257,17 @@ class Emulator(SystemOps):
         """Execute up to ``max_instructions``; return how many ran.
 
         Returns early right after HLT, any CS load (far transfers, IRET, exception
-        delivery), control-register/EFER writes and CPL changes. A halted vCPU runs nothing.
+        delivery), control-register/EFER writes and CPL changes, and after delivering an
+        external interrupt. A halted vCPU runs nothing, unless an interrupt it can take is
+        pending: then it is delivered (the return address is past the HLT).
+
+        External interrupts are taken at instruction boundaries while EFLAGS.IF = 1, and not
+        right after STI or a load of SS (the interrupt shadow: exactly one instruction runs
+        first). Everything that can set IF or raise INTR (STI, POPF, IRET, port I/O) ends its
+        block, so checking between blocks is checking before every instruction.
         """
         st = self.state
-        if st.halted or max_instructions <= 0:
+        if max_instructions <= 0 or (st.halted and not (self.intr_pending and st.rflags & FLAG_IF)):
             return 0
         self._sync_in()
         if self.bitness == 64:
@@ -271,6 +283,13 @@ class Emulator(SystemOps):
         i = 0
         try:
             while done < max_instructions:
+                limit = max_instructions - done
+                if self.intr_pending and st.rflags & FLAG_IF:
+                    if not st.interrupt_shadow:
+                        blk = None
+                        self._take_interrupt()
+                        break
+                    limit = 1         # the instruction after STI / MOV SS runs first
                 eip = st.rip
                 lin = (sbase[1] + eip) & 0xFFFFFFFF
                 blk = self.cache.get(lin)
@@ -282,7 +301,7 @@ class Emulator(SystemOps):
                 # EFLAGS.TF: one instruction at a time, each followed by a #DB trap.
                 tf = st.rflags & FLAG_TF
                 try:
-                    if n <= max_instructions - done and (not tf or n == 1):
+                    if n <= limit and (not tf or n == 1):
                         for i, f in enumerate(fns):
                             f()
                         if blk.valid:
@@ -294,7 +313,7 @@ class Emulator(SystemOps):
                             st.rip = blk.eips[i + 1]
                             done += i + 1
                     else:
-                        k = 1 if tf else max_instructions - done
+                        k = 1 if tf else limit
                         for i, f in enumerate(fns[:k]):
                             f()
                             if not blk.valid:
@@ -363,15 +382,9 @@ class Emulator(SystemOps):
         return EmulationError(message, rip=lin, code=code, mnemonic=text)
 
     # -- events from outside ------------------------------------------------------------------
-    def inject_interrupt(self, vector: int) -> None:
-        """Deliver an external interrupt now (the caller checked IF and the interrupt shadow)."""
-        st = self.state
-        self._sync_in()
-        st.halted = False
-        try:
-            deliver_exception(self, CpuFault(vector))
-        except NotImplementedError as e:
-            raise self._emulation_error(str(e)) from None
-        finally:
-            st.rflags = self.get_flags()
-            self._snap = self._snapshot()
+    def _take_interrupt(self) -> None:
+        """INTA and delivery of the pending external interrupt (inside ``run``)."""
+        vector = self.interrupt_controller.acknowledge()
+        self.state.halted = False
+        deliver_external(self, vector)
+        self.interrupts_delivered += 1

@@ -49,6 +49,17 @@ def deliver_exception(emu, fault: CpuFault) -> None:
             raise
 
 
+def deliver_external(emu, vector: int) -> None:
+    """Deliver an external interrupt (INTR, already acknowledged at the interrupt controller)
+    at the current instruction boundary: no error code, EXT set in the error code of any fault
+    its delivery raises, no RF in the pushed image. External interrupts are benign: a fault
+    while delivering one is delivered as that exception (escalating from there)."""
+    try:
+        deliver(emu, vector, None, emu.state.rip)
+    except CpuFault as e:
+        deliver_exception(emu, e)
+
+
 def deliver(emu, vector: int, error_code, return_eip: int, software: bool = False, cr2=None,
             fault: bool = False) -> None:
     """Transfer control to the handler of ``vector``; the pushed return address is ``return_eip``.

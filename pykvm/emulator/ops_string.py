@@ -43,6 +43,15 @@ def _string(g):
         rep = strings.REP_E if ins.has_rep_prefix or ins.has_repne_prefix else 0
     emu = g.ctx.emu
     fn = strings.string_op
+    if op in (strings.INS, strings.OUTS):
+        # Port I/O ends the block, as IN/OUT do (a device may change the interrupt line).
+        g.terminal = True
+        nxt = g.next_eip
+
+        def io():
+            fn(emu, op, size, a32, seg, rep)
+            return nxt
+        return io
 
     def f():
         fn(emu, op, size, a32, seg, rep)

@@ -42,6 +42,8 @@ def mov_from_crdr(g):
         raise Invalid()
 
 
+# Port I/O ends its block: a device access may raise or lower an interrupt request (an EOI, a
+# pc-testdev IRQ line, an unmasking), which must be seen at the very next instruction boundary.
 @handles(M.IN)
 def _in(g):
     d = g.op(0)
@@ -50,6 +52,8 @@ def _in(g):
     p = port.read() if port.kind == "imm" else "(R[2] & 0xFFFF)"
     g.emit(f"port = {p}", f"E.check_io(port, {size})", f"v = E.bus.pio_read(port, {size}) & {MASKS[size]:#x}")
     d.write("v")
+    g.terminal = True
+    g.emit(f"return {g.k(g.next_eip)}")
 
 
 @handles(M.OUT)
@@ -59,6 +63,8 @@ def _out(g):
     size = s.size
     p = port.read() if port.kind == "imm" else "(R[2] & 0xFFFF)"
     g.emit(f"port = {p}", f"E.check_io(port, {size})", f"E.bus.pio_write(port, {size}, {s.read()})")
+    g.terminal = True
+    g.emit(f"return {g.k(g.next_eip)}")
 
 
 @handles(M.CLI)

@@ -134,6 +134,10 @@ struct kvm_mp_state {
     __u32 mp_state;
 };
 
+struct kvm_interrupt {
+    __u32 irq;
+};
+
 struct kvm_vcpu_events {
     struct {
         __u8 injected;

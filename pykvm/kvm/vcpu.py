@@ -47,6 +47,7 @@ class Vcpu:
         self._mp_state = ffi.new("struct kvm_mp_state *")
         self._debug = ffi.new("struct kvm_guest_debug *")
         self._events = ffi.new("struct kvm_vcpu_events *")
+        self._interrupt = ffi.new("struct kvm_interrupt *")
 
     # -- running --------------------------------------------------------------------------
     def run(self) -> Exit:
@@ -173,6 +174,13 @@ class Vcpu:
         cpuid.nent = max_entries
         ioctl(self.fd, K.KVM_GET_CPUID2, cpuid, "KVM_GET_CPUID2")
         return cpuid
+
+    # -- interrupts (a userspace interrupt controller: no in-kernel irqchip) --------------------
+    def interrupt(self, vector: int) -> None:
+        """KVM_INTERRUPT: queue external interrupt ``vector`` for the next KVM_RUN. Only when
+        ``kvm_run.ready_for_interrupt_injection`` says the guest can take it (KVM's API)."""
+        self._interrupt.irq = vector
+        ioctl(self.fd, K.KVM_INTERRUPT, self._interrupt, "KVM_INTERRUPT")
 
     def get_mp_state(self) -> int:
         ioctl(self.fd, K.KVM_GET_MP_STATE, self._mp_state, "KVM_GET_MP_STATE")

@@ -118,13 +118,28 @@ def test_far_ret_to_an_outer_level_nulls_inner_data_segments():
     assert all(st.seg[i].unusable for i in (0, 3, 4, 5))
 
 
-def test_inject_external_interrupt_real_mode():
+class OneInterrupt:
+    """An interrupt controller with one request pending: INTA returns ``vector`` and drops INTR."""
+
+    def __init__(self, emu, vector: int):
+        self.emu, self.vector = emu, vector
+        emu.interrupt_controller = self
+        emu.intr_pending = True
+
+    def acknowledge(self) -> int:
+        self.emu.intr_pending = False
+        return self.vector
+
+
+def test_external_interrupt_real_mode():
     code = assemble("sti\n1: jmp 1b\n.org 0x100\nmov bx, 0x99\nhlt", org=0x7C00)
     emu, mem, _ = real_mode(code)
     mem.write_u16(0x20 * 4, 0x7D00)
     emu.run(10)
-    emu.inject_interrupt(0x20)
+    OneInterrupt(emu, 0x20)
+    assert emu.run(1) == 0                    # the delivery is the step: no instruction ran
     assert emu.state.rip == 0x7D00 and not emu.state.rflags & 0x200
+    assert emu.interrupts_delivered == 1
     finish(emu)
     assert emu.state.gpr[3] == 0x99
 
