@@ -11,7 +11,10 @@ Oracles
 Layout
   ``harness.py``        Snippet -> Snapshot under an oracle; ``differences``/``assert_same``
   ``unicorn_oracle.py`` the unicorn runner; ``page_faults.py`` #PF capture and comparison
-  ``flags.py``          RFLAGS bits the SDM leaves undefined, per instruction family
+  ``undefined.py``      the tracker: flags, registers and pushed images the SDM leaves
+                        undefined along the emulator's run, masked in every comparison
+  ``accesses.py``       where an instruction's memory operands lie (for the tracker and sweep)
+  ``flags.py``          the SDM's count-dependent undefined-flag rules of shifts/rotates
   ``paging_tables.py``  page tables for the paging snippets; ``protected_mode.py`` a GDT/IDT
                         setting for protected-mode fault snippets
 

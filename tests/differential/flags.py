@@ -1,5 +1,7 @@
-"""RFLAGS bits the Intel SDM leaves undefined, per instruction family (vol. 2, each
-instruction's "Flags Affected" section), as masks for ``harness.Ignore(flags=...)``.
+"""RFLAGS bits the Intel SDM leaves undefined (vol. 2, each instruction's "Flags Affected"
+section) where iced-x86's static tables cannot say it: the count-dependent rules of the
+shifts and rotates, used by the tracker (``undefined.py``) at run time, and a few family
+masks for the random-sequence generator (``test_kernel_sequences.py``).
 
 An emulator may leave any value in an undefined flag, and the kernel's emulator computes
 most flags by running the host's own instruction (so it shows whatever this CPU does);
@@ -13,17 +15,10 @@ from pykvm.x86.bits import FLAG_AF, FLAG_CF, FLAG_OF, FLAG_PF, FLAG_SF, FLAG_ZF
 CF, PF, AF, ZF, SF, OF = FLAG_CF, FLAG_PF, FLAG_AF, FLAG_ZF, FLAG_SF, FLAG_OF
 ARITH = CF | PF | AF | ZF | SF | OF
 
-# AND/OR/XOR/TEST: "The state of the AF flag is undefined."
-LOGIC = AF
 # MUL/IMUL: "The SF, ZF, AF, and PF flags are undefined."
 MUL = SF | ZF | AF | PF
-# DIV/IDIV: "The CF, OF, SF, ZF, AF, and PF flags are undefined."
-DIV = ARITH
 # BT/BTS/BTR/BTC: "The ZF flag is unaffected. The OF, SF, AF, and PF flags are undefined."
 BT = OF | SF | AF | PF
-# BSF/BSR: "The ZF flag is set to 1 if the source operand is 0; otherwise, the ZF flag is
-# cleared. The CF, OF, SF, AF, and PF flags are undefined."
-BSF = CF | OF | SF | AF | PF
 
 
 def shift(op: str, count: int, width: int) -> int:

@@ -7,7 +7,9 @@ registers and memory) and return a ``Snapshot``:
   ``KVM_RUN`` lets the host kernel's own emulator execute non-PVM mode;
 * ``run_userspace`` — pykvm's ``Emulator`` on a ``Machine(emulator="userspace")``'s RAM,
   bus and CPUID (driven directly, so the PVM conversion's CR0/EFER/STAR side effects do
-  not mask what the emulator itself computed);
+  not mask what the emulator itself computed), one instruction at a time under the
+  tracker of what the SDM leaves undefined (``undefined.py``): its snapshot carries that,
+  and ``differences`` never compares it, in RFLAGS, registers or pushed flag images;
 * ``run_unicorn``   — unicorn (QEMU's TCG), the oracle for what the kernel cannot run
   (paging outside long mode); see ``unicorn_oracle.py``.
 
@@ -35,6 +37,7 @@ from pykvm.x86.state import CS, GPR_NAMES, SEGMENT_NAMES, CpuState, Segment
 from pykvm.errors import EmulationError, GuestShutdownError, GuestTimeoutError
 from pykvm.x86 import boot
 from pykvm.x86.bits import FLAG_FIXED
+from tests.differential.undefined import Tracker, Undefined
 
 MEMORY_SIZE = 2 << 20
 REAL_CODE = 0x7C00
@@ -168,6 +171,7 @@ class Snapshot:
     memory: bytes
     io: tuple = ()
     state: CpuState | None = None   # the full final state, for test-specific checks
+    undefined: Undefined = field(default_factory=Undefined)   # what the SDM leaves open (undefined.py)
 
     def reg(self, name: str) -> int:
         return self.gpr[GPR_NAMES.index(name)]
@@ -180,12 +184,13 @@ def _segment_tuple(seg: Segment) -> tuple:
     return tuple(getattr(seg, f) for f in _SEGMENT_FIELDS)
 
 
-def snapshot(state: CpuState, memory, outcome: str, io_log=()) -> Snapshot:
+def snapshot(state: CpuState, memory, outcome: str, io_log=(), undefined: Undefined | None = None) -> Snapshot:
     return Snapshot(outcome=outcome, gpr=tuple(state.gpr[:8]), rip=state.rip, rflags=state.rflags,
                     segments=tuple(_segment_tuple(s) for s in state.seg),
                     gdt=(state.gdt.base, state.gdt.limit), idt=(state.idt.base, state.idt.limit),
                     cr0=state.cr0, cr2=state.cr2, cr3=state.cr3, cr4=state.cr4, efer=state.efer,
-                    memory=bytes(memory.view), io=tuple(io_log), state=state.copy())
+                    memory=bytes(memory.view), io=tuple(io_log), state=state.copy(),
+                    undefined=undefined or Undefined())
 
 
 # -- the runners -------------------------------------------------------------------------------
@@ -249,9 +254,12 @@ def run_emulator(snippet: Snippet, cpuid=None) -> Snapshot:
 
 
 def _drive(emulator, memory, io_log) -> Snapshot:
+    """Step the emulator to ``hlt`` under the undefined-state tracker (``undefined.py``), so
+    the snapshot carries what the SDM leaves undefined along the way."""
     from pykvm.emulator import TripleFault
 
     state = emulator.state
+    tracker = Tracker(emulator, memory)
     executed = 0
     outcome = "halted"
     try:
@@ -259,13 +267,13 @@ def _drive(emulator, memory, io_log) -> Snapshot:
             if pvm.may_convert(state):
                 _step_over_64bit_hlt(state, memory)
                 break
-            executed += emulator.run(MAX_INSTRUCTIONS - executed)
+            executed += tracker.step()
             if executed >= MAX_INSTRUCTIONS:
                 raise AssertionError(f"runaway snippet: {executed} instructions without hlt, "
                                      f"rip={state.rip:#x}")
     except TripleFault:
         outcome = "shutdown"
-    return snapshot(emulator.state, memory, outcome, io_log)
+    return snapshot(emulator.state, memory, outcome, io_log, tracker.result())
 
 
 def _step_over_64bit_hlt(state: CpuState, memory) -> None:
@@ -280,11 +288,13 @@ def _step_over_64bit_hlt(state: CpuState, memory) -> None:
 # -- comparing ---------------------------------------------------------------------------------
 @dataclass
 class Ignore:
-    """What a comparison leaves out, each with its reason in the test that asks for it.
+    """What a comparison leaves out beyond what the SDM leaves undefined (which each
+    emulator snapshot carries in ``undefined`` and ``differences`` always masks), each with
+    its reason in the test that asks for it: an oracle's known departure, a value the two
+    sides legitimately compute at different times.
 
-    ``flags`` is a mask of RFLAGS bits the SDM leaves undefined after the snippet;
-    ``gprs`` names registers whose final value the SDM leaves undefined; ``memory`` lists
-    (address, length) ranges likewise undefined (e.g. a pushed copy of undefined flags).
+    ``flags`` is a mask of RFLAGS bits; ``gprs`` names registers; ``memory`` lists
+    (address, length) ranges.
     """
 
     flags: int = 0
@@ -293,18 +303,24 @@ class Ignore:
 
 
 def differences(expected: Snapshot, actual: Snapshot, ignore: Ignore = Ignore()) -> list[str]:
-    """Human-readable field-by-field differences between two snapshots (empty if equal)."""
+    """Human-readable field-by-field differences between two snapshots (empty if equal).
+
+    What either snapshot's ``undefined`` names (flags, register bits, memory bits the SDM
+    leaves undefined along the run that produced it) is never compared."""
     out = []
+    undefined = expected.undefined | actual.undefined
     if expected.outcome != actual.outcome:
         out.append(f"outcome: {expected.outcome} != {actual.outcome}")
     for i, (a, b) in enumerate(zip(expected.gpr, actual.gpr)):
-        if a != b and GPR_NAMES[i] not in ignore.gprs:
+        differing = (a ^ b) & ~undefined.gprs.get(i, 0)
+        if differing and GPR_NAMES[i] not in ignore.gprs:
             out.append(f"{GPR_NAMES[i]}: {a:#x} != {b:#x}")
     if expected.rip != actual.rip:
         out.append(f"rip: {expected.rip:#x} != {actual.rip:#x}")
-    if (expected.rflags ^ actual.rflags) & ~ignore.flags:
+    flag_mask = ignore.flags | undefined.flags
+    if (expected.rflags ^ actual.rflags) & ~flag_mask:
         out.append(f"rflags: {expected.rflags:#x} != {actual.rflags:#x} "
-                   f"(differing bits {(expected.rflags ^ actual.rflags) & ~ignore.flags:#x})")
+                   f"(differing bits {(expected.rflags ^ actual.rflags) & ~flag_mask:#x})")
     for name, a, b in zip(SEGMENT_NAMES, expected.segments, actual.segments):
         # None: a field the oracle cannot show (unicorn exposes selectors only).
         fields = ", ".join(f"{f} {x:#x} != {y:#x}" for f, x, y in zip(_SEGMENT_FIELDS, a, b)
@@ -315,7 +331,7 @@ def differences(expected: Snapshot, actual: Snapshot, ignore: Ignore = Ignore())
         a, b = getattr(expected, name), getattr(actual, name)
         if a != b:
             out.append(f"{name}: {_fmt(a)} != {_fmt(b)}")
-    out += _memory_differences(expected.memory, actual.memory, ignore.memory)
+    out += _memory_differences(expected.memory, actual.memory, ignore.memory, undefined.memory)
     if expected.io != actual.io:
         out.append(f"port I/O: {expected.io} != {actual.io}")
     return out
@@ -325,12 +341,15 @@ def _fmt(value) -> str:
     return f"({value[0]:#x}, {value[1]:#x})" if isinstance(value, tuple) else f"{value:#x}"
 
 
-def _memory_differences(a: bytes, b: bytes, ignored, limit: int = 8) -> list[str]:
+def _memory_differences(a: bytes, b: bytes, ignored, undefined_bits=None, limit: int = 8) -> list[str]:
     if a == b:
         return []
     a, b = bytearray(a), bytearray(b)
     for addr, length in ignored:
         a[addr:addr + length] = b[addr:addr + length]
+    for addr, bits in (undefined_bits or {}).items():
+        if addr < len(a):
+            a[addr] = (a[addr] & ~bits) | (b[addr] & bits)
     if a == b:
         return []
     out = []
