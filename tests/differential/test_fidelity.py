@@ -293,8 +293,8 @@ def test_mov_to_cr0_ignores_reserved_bits():
 
 
 WRMSR_FAULTS = {
-    "non_canonical_fs_base": (0xC0000100, 0x00008000, 0),
-    "non_canonical_kernel_gs_base": (0xC0000102, 0x00010000, 0),
+    "non_canonical_fs_base": (0xC0000100, 0, 0x00008000),
+    "non_canonical_kernel_gs_base": (0xC0000102, 0, 0x00010000),
     "mtrr_def_type_reserved_bits": (0x2FF, 0x1006, 0),
     "mtrr_fixed_reserved_type": (0x250, 0x03, 0),
     "mtrr_physbase_reserved_type": (0x200, 0x07, 0),
@@ -385,7 +385,7 @@ def test_instructions_the_vcpu_does_not_offer_raise_ud(body):
     EFER.SVME = 0; TSX where CPUID offers no RTM: #UD, not an end of the run."""
     from pykvm.emulator.cpuid import default_cpuid
 
-    snippet = protected(f"xor ecx, ecx\n{body}", 6)
+    snippet = protected(f"mov ecx, 0\nadd ecx, 0\n{body}", 6)     # flags all defined: SYSCALL reads them
     emulator = run_emulator(snippet, cpuid=default_cpuid)
     assert emulator.reg("rdi") != 0xBAD and emulator.reg("rbp") == STACK_TOP - 12
 
@@ -393,7 +393,7 @@ def test_instructions_the_vcpu_does_not_offer_raise_ud(body):
 @kvm
 @pytest.mark.parametrize("body", ["syscall", "xsetbv"])
 def test_instructions_disabled_by_efer_or_cr4_match_the_kernel(body):
-    check_kernel(protected(f"xor ecx, ecx\n{body}", 6))
+    check_kernel(protected(f"mov ecx, 0\nadd ecx, 0\n{body}", 6))
 
 
 def _cpuid_with(leaf: int, reg: int, bit: int):
