@@ -59,6 +59,7 @@ import time
 from typing import Callable
 
 from pykvm.devices.bus import ByteRegisters
+from pykvm.devices.timed import TimedDevice
 
 PORT = 0x40
 PORTS = 4
@@ -363,8 +364,11 @@ class Channel:
         return data[0] if self.read_msb else data[1]
 
 
-class Pit(ByteRegisters):
+class Pit(ByteRegisters, TimedDevice):
     """The three channels at offsets 0-2, the control word at offset 3.
+
+    ``update()`` raises IRQ 0 for what fell due; ``next_deadline_ns()`` is channel 0's
+    next rising edge (None when none is coming).
 
     ``irq(level)`` is channel 0's OUT wired to IRQ 0 (e.g. ``partial(pic.set_irq, 0)``);
     ``clock()`` returns host nanoseconds (``time.monotonic_ns`` unless a test injects one).
@@ -398,19 +402,10 @@ class Pit(ByteRegisters):
         """The host time at which clock edge ``c`` happens."""
         return self.epoch + -(-c * _NS // FREQUENCY)
 
-    # -- the run loop's interface ----------------------------------------------------------
-    def update(self, now_ns: int | None = None) -> None:
-        """Raise IRQ 0 for channel 0's rising edges due by now (several coalesce into one)."""
-        deadline = self._deadline
-        if deadline is None:
-            return
-        now = self.clock() if now_ns is None else now_ns
-        if now >= deadline:
-            self._sync(self.clk(now))
-
-    def next_deadline_ns(self) -> int | None:
-        """Host time of channel 0's next rising edge (its next IRQ 0), or None if none is coming."""
-        return self._deadline
+    # -- IRQ 0 (``update`` and ``next_deadline_ns`` come from TimedDevice) ------------------
+    def _due(self, now: int) -> None:
+        """Channel 0's rising edges fell due: raise IRQ 0 (several coalesce into one)."""
+        self._sync(self.clk(now))
 
     def _sync(self, c: int) -> None:
         ch = self.channels[0]

@@ -50,6 +50,7 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from pykvm.devices.bus import ByteRegisters
+from pykvm.devices.timed import TimedDevice
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +101,24 @@ def periodic_rate(rs: int) -> int:
     return 32768 >> (rs + 6 if rs < 3 else rs - 1)
 
 
-class Rtc(ByteRegisters):
-    """Offsets 0 (index, NMI mask) and 1 (data). ``clock()`` is host wall-clock ns (UTC).
+class Rtc(ByteRegisters, TimedDevice):
+    """Offsets 0 (index, NMI mask) and 1 (data).
+
+    The clock runs on ``clock()`` (host ns; ``time.monotonic_ns``, the PIT's, so both
+    devices' deadlines share one time base and the guest's clock does not jump with
+    the host's NTP corrections) and starts at the date ``time_of_day()`` gives when the
+    RTC is made (host wall-clock ns since 1970, UTC). Tests pass one fake for both.
+
+    ``update()`` raises IRQ 8 for what fell due; ``next_deadline_ns()`` is when the next
+    enabled interrupt comes (None while IRQ 8 is up: register C must be read first).
 
     ``memory_size`` is guest RAM; ``below_4g`` how much of it sits below 4 GiB
     (default: all of it up to 4 GiB, pykvm's RAM being one flat range from 0).
     """
 
-    def __init__(self, memory_size: int, clock: Callable[[], int] = time.time_ns,
-                 irq: Callable[[int], None] | None = None, below_4g: int | None = None):
+    def __init__(self, memory_size: int, clock: Callable[[], int] = time.monotonic_ns,
+                 irq: Callable[[int], None] | None = None, *, below_4g: int | None = None,
+                 time_of_day: Callable[[], int] = time.time_ns):
         self.clock = clock
         self.irq = irq
         self.cmos = bytearray(CMOS_SIZE)
@@ -118,14 +128,15 @@ class Rtc(ByteRegisters):
         self.cmos[REG_B] = B_DEFAULT
         self.cmos[REG_D] = D_VRT
         self.flags = 0               # PF | AF | UF
-        self._offset = 0             # guest RTC time = host clock + offset (ns), while running
+        now = clock()
+        self._offset = time_of_day() - now   # guest RTC time = clock() + offset (ns), while running
         self._stopped = None         # the guest time (ns) while the divider is held in reset
         self._set_bytes = None       # the time bytes while SET: plain memory
         self._weekday_adjust = 0     # a day of week the guest set, relative to the calendar's
         self._encoded = (None, None)
         self._line = False
         self._deadline = None
-        self._since = self._guest_ns(clock())    # flags are accounted up to this guest time
+        self._since = self._guest_ns(now)        # flags are accounted up to this guest time
         self.set_memory_size(memory_size, below_4g)
 
     def attach(self, bus) -> None:
@@ -296,18 +307,9 @@ class Rtc(ByteRegisters):
                 times.append(alarm * _NS)
         return min(times) - self._offset if times else None
 
-    def update(self, now_ns: int | None = None) -> None:
-        """Raise IRQ 8 if an enabled periodic, alarm or update-ended interrupt fell due."""
-        deadline = self._deadline
-        if deadline is None:
-            return
-        now = self.clock() if now_ns is None else now_ns
-        if now >= deadline:
-            self._refresh(now)
-
-    def next_deadline_ns(self) -> int | None:
-        """Host time at which IRQ 8 will next be raised, or None."""
-        return self._deadline
+    def _due(self, now: int) -> None:
+        """An enabled periodic, alarm or update-ended interrupt fell due: raise IRQ 8."""
+        self._refresh(now)
 
     # -- ports ---------------------------------------------------------------------------------
     def read_byte(self, offset: int) -> int:

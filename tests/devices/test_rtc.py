@@ -29,7 +29,7 @@ class Cmos:
     def __init__(self, now=wall(2024, 2, 29, 23, 59, 58, NS // 2), memory=64 * MIB, **kw):
         self.clock = Clock(now)
         self.irqs = []
-        self.rtc = Rtc(memory, clock=self.clock, irq=self.irqs.append, **kw)
+        self.rtc = Rtc(memory, clock=self.clock, irq=self.irqs.append, time_of_day=self.clock, **kw)
         self.bus = Bus()
         self.rtc.attach(self.bus)
 
@@ -386,10 +386,33 @@ def test_setting_the_time_does_not_fake_updates(cmos):
 
 
 def test_without_an_irq_line():
-    rtc = Rtc(1 * MIB, clock=Clock(wall(2024, 1, 1)))
+    clock = Clock(wall(2024, 1, 1))
+    rtc = Rtc(1 * MIB, clock=clock, time_of_day=clock)
     rtc.write(0, 1, 0x0B)
     rtc.write(1, 1, 0x42)
     rtc.clock.now += NS
     rtc.update()
     rtc.write(0, 1, 0x0C)
     assert rtc.read(1, 1) & 0xC0 == 0xC0
+
+
+def test_the_clock_runs_on_one_time_base_and_starts_at_the_time_of_day():
+    mono = Clock(5 * NS)
+    rtc = Rtc(1 * MIB, clock=mono, time_of_day=lambda: wall(2030, 7, 4, 12, 0, 0))
+    rtc.write(0, 1, 4)
+    assert rtc.read(1, 1) == 0x12
+    mono.now += 3600 * NS
+    assert rtc.read(1, 1) == 0x13
+    rtc.write(0, 1, 0x0C)
+    rtc.read(1, 1)                                      # clear the hour's flags
+    rtc.write(0, 1, 0x0B)
+    rtc.write(1, 1, 0x12)                               # UIE: the deadline is on the monotonic clock
+    assert rtc.next_deadline_ns() == mono.now + NS
+
+
+def test_default_clocks_give_the_host_date():
+    import time
+    rtc = Rtc(1 * MIB)
+    rtc.write(0, 1, 0x09)
+    year = rtc.read(1, 1)
+    assert year in {int(str(time.gmtime().tm_year % 100), 16), int(str((time.gmtime().tm_year - 1) % 100), 16)}
