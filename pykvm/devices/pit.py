@@ -275,12 +275,11 @@ class Channel:
     def _load(self, n: int, c: int) -> None:
         before = self.out(c)
         self.cr = n
-        first = not self.armed
         self.armed = True
         mode = self.mode
         if mode in (1, 5):                   # waits for a trigger; a running one-shot goes on
             self.null_until = None
-        elif mode in (2, 3) and self.running and not first and c >= self.seg[0]:
+        elif mode in (2, 3) and self.running and c >= self.seg[0]:
             self.pending = self._boundary(c)
             self.null_until = self.pending[0]
         elif self.gate:
@@ -348,8 +347,7 @@ class Channel:
 
     def latch_status(self, c: int) -> None:
         if self.status is None:
-            ce, out = self.value(c)
-            self.status = (STATUS_OUT if out else 0) | (STATUS_NULL if self.null_count(c) else 0) | self.control
+            self.status = (STATUS_OUT if self.out(c) else 0) | (STATUS_NULL if self.null_count(c) else 0) | self.control
 
     def read(self, c: int) -> int:
         if self.status is not None:
