@@ -454,3 +454,38 @@ def test_periodic_modes_match_a_clock_by_clock_model(mode, n, rewrite_at, new_n,
     outs = [1] + [o for _, o in expected]
     rises = sum(1 for a, b in zip(outs, outs[1:]) if b > a)
     assert rig2.irqs.count(1) + rig2.pit.ticks_coalesced == rises
+
+
+def test_null_count_until_the_count_reaches_the_counting_element(rig):
+    rig.at(0).program(0, 2)
+    assert rig.at(0).status(0) & 0x40                   # programmed, no count yet
+    rig.at(5).write_count(0, 100)
+    assert rig.status(0) & 0x40                         # written, loads at the next clock
+    assert not rig.at(6).status(0) & 0x40
+
+
+def test_mode4_gate_pauses_the_strobe_count(rig):
+    rig.pit.set_gate(2, True)
+    rig.at(0).program(2, 4, count=10)
+    rig.at(5).pit.set_gate(2, False)                    # loaded 10 at 1, counted down to 6 by 5
+    assert rig.outs(2, [100]) == [1]
+    rig.at(100).pit.set_gate(2, True)                   # six more clocks to 0
+    assert rig.outs(2, [105, 106, 107]) == [1, 0, 1]
+
+
+def test_mode3_gate_low_holds_out_high_and_rising_reloads(rig):
+    rig.pit.set_gate(2, True)
+    rig.at(0).program(2, 3, count=10)
+    assert rig.outs(2, [6]) == [0]                      # low half
+    rig.at(6).pit.set_gate(2, False)
+    assert rig.outs(2, [6, 50]) == [1, 1]
+    rig.at(50).pit.set_gate(2, True)
+    assert rig.trace(2, [51, 55, 56, 60, 61]) == [(10, 1), (2, 1), (10, 0), (2, 0), (10, 1)]
+
+
+def test_count_written_in_two_bytes_in_other_modes_keeps_counting(rig):
+    rig.at(0).program(0, 2, count=100)
+    rig.at(10).out(0x40, 50)                            # LSB only so far: mode 2 carries on
+    assert rig.outs(0, [100, 101]) == [0, 1]
+    rig.at(110).out(0x40, 0)                            # MSB: 50 takes over after this period
+    assert rig.outs(0, [200, 201, 250, 251]) == [0, 1, 0, 1]
