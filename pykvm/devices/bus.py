@@ -2,8 +2,14 @@
 
 A device claims a range of ports or guest-physical addresses and implements
 ``read(offset, size) -> int`` and ``write(offset, size, value)``; offsets are
-relative to the start of the range it claimed. Accesses nobody claimed read as
-all-ones and are logged at debug level, as on a PC's floating bus.
+relative to the start of the range it claimed, plus the ``offset`` it registered
+the range with (0 by default) — so one device can claim several ranges and still
+tell them apart (the 8042 at ports 0x60 and 0x64). Accesses nobody claimed read
+as all-ones and are logged at debug level, as on a PC's floating bus.
+
+``ByteRegisters`` is a base for the many PC devices whose registers are bytes:
+it splits a wider access into byte accesses at consecutive offsets, as the ISA
+bus does with a 16- or 32-bit ``in``/``out`` to an 8-bit device.
 """
 
 from __future__ import annotations
@@ -45,17 +51,19 @@ class _AddressSpace:
         # 0x80 for delays) would cost more than the access itself.
         self.trace_unclaimed = log.isEnabledFor(logging.DEBUG)
         self._starts: list[int] = []
-        self._entries: list[tuple[int, int, Device]] = []
-        self._cache: dict[int, tuple[int, int, Device] | None] = {}
+        # (start, end, device, base): the device sees ``addr - base``; base = start - offset.
+        self._entries: list[tuple[int, int, Device, int]] = []
+        self._cache: dict[int, tuple[int, int, Device, int] | None] = {}
 
-    def register(self, start: int, length: int, device: Device) -> None:
+    def register(self, start: int, length: int, device: Device, offset: int = 0) -> None:
+        """Claim ``start`` .. ``start + length - 1`` for ``device``, which sees offsets from ``offset``."""
         end = start + length
-        for s, e, _ in self._entries:
+        for s, e, *_ in self._entries:
             if start < e and s < end:
                 raise BusConflictError(f"{self.name} range {start:#x}-{end - 1:#x} overlaps {s:#x}-{e - 1:#x}")
         i = bisect.bisect(self._starts, start)
         self._starts.insert(i, start)
-        self._entries.insert(i, (start, end, device))
+        self._entries.insert(i, (start, end, device, start - offset))
         self._cache.clear()
 
     def find(self, addr: int):
@@ -76,7 +84,7 @@ class _AddressSpace:
             if self.trace_unclaimed:
                 log.debug("%s read from unclaimed %#x (size %d)", self.name, addr, size)
             return _ONES[size]
-        return entry[2].read(addr - entry[0], size)
+        return entry[2].read(addr - entry[3], size)
 
     def write(self, addr: int, size: int, value: int) -> None:
         entry = self.find(addr)
@@ -84,7 +92,7 @@ class _AddressSpace:
             if self.trace_unclaimed:
                 log.debug("%s write %#x to unclaimed %#x (size %d)", self.name, value, addr, size)
             return
-        entry[2].write(addr - entry[0], size, value)
+        entry[2].write(addr - entry[3], size, value)
 
 
 class Bus:
@@ -105,3 +113,35 @@ class Bus:
 
     def mmio_write(self, addr: int, size: int, value: int) -> None:
         self.mmio.write(addr, size, value)
+
+
+class ByteRegisters:
+    """Base for a device whose registers are bytes: wider accesses become byte accesses.
+
+    A 16- or 32-bit ``in``/``out`` to an 8-bit ISA device reaches it as consecutive
+    byte cycles at consecutive ports, least significant byte first; subclasses
+    implement ``read_byte(offset)`` / ``write_byte(offset, value)`` and see exactly
+    that. A byte that lands past the device's registers is the subclass's to treat
+    as floating (read 0xFF, write ignored), as the next port would be on a PC.
+    """
+
+    def read_byte(self, offset: int) -> int:
+        raise NotImplementedError
+
+    def write_byte(self, offset: int, value: int) -> None:
+        raise NotImplementedError
+
+    def read(self, offset: int, size: int) -> int:
+        if size == 1:
+            return self.read_byte(offset)
+        value = 0
+        for i in range(size):
+            value |= (self.read_byte(offset + i) & 0xFF) << (8 * i)
+        return value
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if size == 1:
+            self.write_byte(offset, value & 0xFF)
+            return
+        for i in range(size):
+            self.write_byte(offset + i, (value >> (8 * i)) & 0xFF)
