@@ -116,6 +116,8 @@ def _image_options(f):
                      help="Instructions emulated per batch before checking for events."),
         click.option("-v", "--verbose", count=True, help="Log mode switches and conversions (-vv: also every KVM exit and unclaimed access)."),
         click.option("--device", default="/dev/kvm", show_default=True, help="KVM device to use."),
+        click.option("--testdev", is_flag=True,
+                     help="Add QEMU's pc-testdev (ports 0xe0-0xe4, IRQ lines at 0x2000+n), as kvm-unit-tests use it."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -132,7 +134,8 @@ def _open_serial(serial: str):
 
 
 @contextlib.contextmanager
-def _guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emulator, emul_batch, device):
+def _guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emulator, emul_batch, device,
+                   testdev):
     """A Machine with IMAGE loaded as the image options say; closes it and the serial file after."""
     from pykvm.guests import resolve_image
     from pykvm.machine import Machine
@@ -148,7 +151,7 @@ def _guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emu
     serial_out, close_serial = _open_serial(serial)
     try:
         with Machine(memory_size, serial_output=serial_out, emulator=emulator, emul_batch=emul_batch,
-                     kvm_path=device) as machine:
+                     kvm_path=device, testdev=testdev) as machine:
             machine.load(data, fmt, mode=mode, load_addr=load_addr, entry=entry, cmdline=cmdline)
             yield machine
     finally:
@@ -177,7 +180,8 @@ def run(verbose, timeout, stats, **image_options):
                 if stats:
                     s = machine.stats
                     click.echo(f"pykvm: {s.emulated_instructions} instructions emulated, {s.kvm_exits} KVM "
-                               f"exits, {s.conversions} conversions to PVM mode, {s.seconds:.3f}s", err=True)
+                               f"exits, {s.conversions} conversions to PVM mode, interrupts {s.interrupts_emulated} "
+                               f"emulated / {s.interrupts_injected} injected, {s.seconds:.3f}s", err=True)
 
     sys.exit(_guarded(body))
 

@@ -1,6 +1,6 @@
-"""Stopping a run from outside the guest: ``--timeout`` and Ctrl-C.
+"""Stopping and waking a run from outside the guest: ``--timeout``, Ctrl-C, device timers.
 
-Both arrive as signals. Python runs a signal handler only between bytecodes, so a
+All of these arrive as signals. Python runs a signal handler only between bytecodes, so a
 handler cannot reach into a vCPU blocked in ``KVM_RUN``: the signal that interrupts
 KVM_RUN (EINTR) is what brings control back. A signal that lands just *before*
 KVM_RUN is entered has already been consumed by then, and a guest spinning without
@@ -8,16 +8,26 @@ exits would never come back. So during a run a watchdog timer ticks every 100 ms
 tick interrupts KVM_RUN, lets the pending handlers run, and checks the deadline. The
 handlers only set flags the run loops poll (``Events.pending`` between emulator
 batches) and ``kvm_run.immediate_exit``, so the next KVM_RUN returns at once.
+
+Device timers (the PIT) use the same SIGALRM: ``arm(deadline)`` brings the next tick forward
+to a device deadline, and that tick kicks the vCPU out of KVM_RUN (or the emulator out of its
+batch) so the machine can raise the interrupt. A vCPU halted with interrupts enabled sleeps
+in ``sleep_until``: a ``select`` on the signal wake-up fd, so Ctrl-C, the watchdog and device
+threads (``wake()``) end the sleep at once, and an idle guest costs next to no CPU.
 """
 
 from __future__ import annotations
 
+import os
+import select
 import signal
 import threading
 import time
 
 from pykvm.errors import GuestTimeoutError, InterruptedByUser
 from pykvm.pvm import Events
+
+_MIN_DELAY = 50e-6     # the shortest timer delay armed (the PIT coalesces what is due by then)
 
 
 class RunControl:
@@ -31,11 +41,18 @@ class RunControl:
         self.timeout = timeout
         self.deadline: float | None = None
         self.reason: str | None = None
+        self.timer_due: float | None = None    # monotonic time of the next device deadline armed
         self._saved = {}
+        self._wake_r = self._wake_w = -1      # the wake-up pipe, open while the run lasts
+        self._saved_wakeup_fd = None
 
     def request_stop(self, reason: str) -> None:
         if self.reason is None:
             self.reason = reason
+        self._kick()
+
+    def _kick(self) -> None:
+        """Make the run loops come back: the emulator between batches, KVM_RUN at once."""
         self.events.pending = True
         for vcpu in self.vcpus:
             if vcpu.fd >= 0:
@@ -48,16 +65,53 @@ class RunControl:
             raise InterruptedByUser("interrupted by Ctrl-C")
 
     def _tick(self, *_) -> None:
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        now = time.monotonic()
+        if self.deadline is not None and now >= self.deadline:
             self.request_stop("timeout")
+        if self.timer_due is not None and now >= self.timer_due:
+            self.timer_due = None
+            self._kick()
 
+    # -- device timers and sleeping ---------------------------------------------------------------
+    def arm(self, deadline_ns: int | None) -> None:
+        """Have SIGALRM kick the vCPU at ``deadline_ns`` (CLOCK_MONOTONIC), unless a tick comes first."""
+        if deadline_ns is None or threading.current_thread() is not threading.main_thread():
+            return
+        due = deadline_ns / 1e9
+        if self.timer_due is not None and self.timer_due <= due:
+            return
+        self.timer_due = due
+        signal.setitimer(signal.ITIMER_REAL, max(due - time.monotonic(), _MIN_DELAY), self.TICK)
+
+    def sleep_until(self, deadline_ns: int | None) -> None:
+        """Block until ``deadline_ns`` (None: no deadline), a signal (Ctrl-C, a watchdog tick) or
+        ``wake()``; spurious wake-ups are fine, the caller re-checks what it waits for."""
+        timeout = None if deadline_ns is None else max(0.0, (deadline_ns - time.monotonic_ns()) / 1e9)
+        if timeout is None or timeout > 0:
+            select.select([self._wake_r], [], [], timeout)
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def wake(self) -> None:
+        """End a ``sleep_until`` from another thread (a device with new input)."""
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass                     # already full: the sleeper wakes anyway
+
+    # -- install / restore ------------------------------------------------------------------------
     def __enter__(self) -> "RunControl":
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         if self.timeout is not None:
             self.deadline = time.monotonic() + self.timeout
         if threading.current_thread() is not threading.main_thread():
             return self  # signals only reach the main thread; callers elsewhere use request_stop()
         self._saved[signal.SIGINT] = signal.signal(signal.SIGINT, lambda *_: self.request_stop("interrupt"))
         self._saved[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._tick)
+        self._saved_wakeup_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         first = self.TICK if self.timeout is None else max(min(self.timeout, self.TICK), 1e-3)
         signal.setitimer(signal.ITIMER_REAL, first, self.TICK)
         return self
@@ -65,6 +119,12 @@ class RunControl:
     def __exit__(self, *exc) -> None:
         if signal.SIGALRM in self._saved:
             signal.setitimer(signal.ITIMER_REAL, 0)
+        if self._saved_wakeup_fd is not None:
+            signal.set_wakeup_fd(self._saved_wakeup_fd)
+            self._saved_wakeup_fd = None
         for signum, handler in self._saved.items():
             signal.signal(signum, handler)
         self._saved.clear()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        self._wake_r = self._wake_w = -1

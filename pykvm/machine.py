@@ -27,6 +27,7 @@ from pykvm.kvm import Kvm
 from pykvm.kvm.cpu_state import SYNCED_MSRS, load_state, state_from_kvm, store_state
 from pykvm.kvm.exits import IO_HEADER, IO_HEADER_OFFSET, IO_STRUCTS, ExitReason
 from pykvm.kvm.vcpu import SYNC_CS_L_BYTE, SYNC_EFER_LMA_BYTE
+from pykvm.platform import PcPlatform
 from pykvm.x86.bits import CR0_PE, CR0_PG, EFER_LMA, FLAG_IF
 
 log = logging.getLogger("pykvm")
@@ -35,7 +36,7 @@ COM1 = 0x3F8
 DEFAULT_MEMORY = 64 << 20
 EMULATORS = ("userspace", "kernel")
 _EXIT_IO, _EXIT_HLT, _EXIT_MMIO, _EXIT_INTR = ExitReason.IO, ExitReason.HLT, ExitReason.MMIO, ExitReason.INTR
-_EXIT_DEBUG = ExitReason.DEBUG
+_EXIT_DEBUG, _EXIT_IRQ_WINDOW = ExitReason.DEBUG, ExitReason.IRQ_WINDOW_OPEN
 STEPPED = -1  # _run_kvm's answer when a single step completed (statuses are >= 0)
 
 
@@ -56,6 +57,8 @@ class RunStats:
     kvm_exits: int = 0
     conversions: int = 0
     reentries: int = 0          # exits that found the vCPU back in non-PVM mode
+    interrupts_emulated: int = 0    # external interrupts the emulator delivered
+    interrupts_injected: int = 0    # ... and KVM_INTERRUPT injected
     seconds: float = 0.0
 
 
@@ -63,7 +66,8 @@ class Machine:
     """Owns every fd and mapping of one guest; use as a context manager."""
 
     def __init__(self, memory_size: int = DEFAULT_MEMORY, serial_output: BinaryIO | None = None,
-                 emulator: str = "userspace", emul_batch: int = pvm.DEFAULT_BATCH, kvm_path: str = "/dev/kvm"):
+                 emulator: str = "userspace", emul_batch: int = pvm.DEFAULT_BATCH, kvm_path: str = "/dev/kvm",
+                 testdev: bool = False):
         if emulator not in EMULATORS:
             raise ValueError(f"emulator must be one of {EMULATORS}")
         if emul_batch < 1:
@@ -89,6 +93,9 @@ class Machine:
         self.serial = Serial16550(serial_output if serial_output is not None else sys.stdout.buffer)
         self.bus.pio.register(COM1, 8, self.serial)
         self.bus.pio.register(debug_exit.PORT, debug_exit.LENGTH, DebugExit())
+        self.platform = PcPlatform(self.bus, memory_size, testdev=testdev)
+        self.platform.on_intr_change = self._intr_changed
+        self._control: RunControl | None = None
         self.state: CpuState | None = None
         self.in_pvm_mode = False      # True while KVM holds the authoritative vCPU state
         self._emulator = None
@@ -125,8 +132,16 @@ class Machine:
         if self._emulator is None:
             from pykvm.emulator import Emulator
 
-            self._emulator = Emulator(self.state, self.memory, self.bus, cpuid=self.cpuid)
+            self._emulator = emulator = Emulator(self.state, self.memory, self.bus, cpuid=self.cpuid)
+            emulator.interrupt_controller = self.platform
+            emulator.intr_pending = self.platform.intr
         return self._emulator
+
+    def _intr_changed(self, level: bool) -> None:
+        """The PIC's INTR output changed: the emulator takes it at its next instruction boundary;
+        under KVM the run loop injects it before the next KVM_RUN."""
+        if self._emulator is not None:
+            self._emulator.intr_pending = level
 
     # -- switching --------------------------------------------------------------------------
     def _enter_kvm(self) -> None:
@@ -138,6 +153,8 @@ class Machine:
             log.info("converted to PVM mode after %d emulated instructions: %s, rip=%#x",
                      self.stats.emulated_instructions, describe_mode(self.state), self.state.rip)
         store_state(self.vcpu, self.state)
+        # Stale from before the emulator ran: inject only after KVM has said it can take one.
+        self.vcpu.kvm_run.ready_for_interrupt_injection = 0
         self.in_pvm_mode = True
 
     def _leave_kvm(self) -> None:
@@ -168,13 +185,15 @@ class Machine:
         self.events.pending = False
         if self._single_stepping and self.in_pvm_mode:
             self._set_single_step(False)
-        control = RunControl(self.events, [self.vcpu], timeout)
+        platform = self.platform
+        control = self._control = RunControl(self.events, [self.vcpu], timeout)
         try:
             with control:
                 while True:
                     if self.events.pending:
-                        control.raise_if_stopped()
-                        self.events.pending = False
+                        self._handle_events()
+                    platform.poll()
+                    control.arm(platform.next_deadline_ns())
                     if self.in_pvm_mode:
                         status = self._run_kvm()
                     else:
@@ -185,24 +204,44 @@ class Machine:
             log.info("guest wrote %#x to the debug-exit port", e.value)
             return e.status
         finally:
+            self._control = None
             self.vcpu.immediate_exit = False
             self.stats.seconds += time.perf_counter() - started
+            self._count_interrupts()
             self.serial.flush()
 
-    def _halted(self, rflags: int, where: str) -> int | None:
-        """HLT: with interrupts off the run is over (status 0); with them on, sleep until stopped.
+    def _handle_events(self) -> None:
+        """A stop request (Ctrl-C, --timeout) ends the run; anything else was a timer kick."""
+        self._control.raise_if_stopped()
+        self.events.pending = False
+        self.vcpu.immediate_exit = False
 
-        Stepping never sleeps: the step just ends at the halted vCPU.
+    def _count_interrupts(self) -> None:
+        stats = self.stats
+        if self._emulator is not None:
+            stats.interrupts_emulated = self._emulator.interrupts_delivered
+        if stats.interrupts_emulated or stats.interrupts_injected:
+            log.info("interrupts delivered: %d by the emulator, %d injected into KVM",
+                     stats.interrupts_emulated, stats.interrupts_injected)
+
+    def _halted(self, rflags: int, where: str) -> int | None:
+        """HLT: with interrupts off the run is over (status 0); with them on, the vCPU sleeps
+        until the interrupt controller raises INTR (a timer, a device), or the run is stopped.
+
+        The sleep is a ``select`` until the next timer deadline: an idle guest costs next to no
+        CPU. Stepping never sleeps: the step just ends at the halted vCPU.
         """
         if not rflags & FLAG_IF:
             log.info("guest halted with interrupts off (%s)", where)
             return 0
-        if self._in_step:
+        if self._in_step or self._control is None:
             return None
-        # No interrupt source exists yet: a real CPU would sleep until one arrives, so do we.
-        log.info("guest halted with interrupts on and nothing to wake it; waiting (%s)", where)
-        while not self.events.pending:
-            time.sleep(0.01)
+        platform = self.platform
+        while not platform.intr:
+            if self.events.pending:
+                self._handle_events()
+            self._control.sleep_until(platform.next_deadline_ns())
+            platform.poll()
         return None
 
     def _run_emulator(self) -> int | None:
@@ -216,7 +255,7 @@ class Machine:
         if outcome is pvm.Outcome.CONVERTED:
             self._enter_kvm()
         elif outcome is pvm.Outcome.HALTED:
-            self.state.halted = False
+            # The vCPU stays halted: the emulator delivers the interrupt that wakes it.
             return self._halted(self.state.rflags, "emulator")
         return None
 
@@ -246,8 +285,13 @@ class Machine:
         exits = 0
         lma_byte, cs_l_byte = SYNC_EFER_LMA_BYTE, SYNC_CS_L_BYTE
         trace = log.isEnabledFor(logging.DEBUG)  # -vv: every exit
+        pic = self.platform.pic
         try:
             while not events.pending:
+                if pic.intr:
+                    self._inject(kvm_run)
+                elif kvm_run.request_interrupt_window:
+                    kvm_run.request_interrupt_window = 0
                 if ioctl(fd, run_request, run_arg) < 0:
                     vcpu.run_failed()
                 reason = kvm_run.exit_reason
@@ -292,6 +336,8 @@ class Machine:
                     continue
                 if reason == _EXIT_INTR:
                     return None
+                if reason == _EXIT_IRQ_WINDOW:
+                    continue              # the guest can take the pending interrupt now
                 stepped = reason == _EXIT_DEBUG and self._single_stepping
                 if check_mode and self._kvm_in_non_pvm_mode():
                     self._leave_kvm()
@@ -306,6 +352,16 @@ class Machine:
             return None
         finally:
             stats.kvm_exits += exits
+
+    def _inject(self, kvm_run) -> None:
+        """INTR is up: inject the interrupt if KVM says the guest can take it now, else ask KVM
+        to exit as soon as it can (the KVM API's pattern for a userspace interrupt controller)."""
+        if kvm_run.ready_for_interrupt_injection and kvm_run.if_flag:
+            self.vcpu.interrupt(self.platform.acknowledge())
+            self.stats.interrupts_injected += 1
+            kvm_run.request_interrupt_window = 1 if self.platform.intr else 0
+        else:
+            kvm_run.request_interrupt_window = 1
 
     def _fatal_exit(self, exit_) -> int:
         rip = self.vcpu.sync_regs.regs.rip

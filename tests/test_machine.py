@@ -181,3 +181,35 @@ def test_instruction_count_includes_a_batch_cut_short_by_the_debug_exit():
         machine.load(code, "flat", mode="protected")
         assert machine.run(timeout=10) == 1
         assert machine.stats.emulated_instructions == 5
+
+
+def test_run_control_sleeps_until_a_deadline_or_a_wake_up():
+    import threading
+    import time
+
+    from pykvm.control import RunControl
+    from pykvm.pvm import Events
+
+    with RunControl(Events(), [], None) as control:
+        started = time.monotonic()
+        control.sleep_until(time.monotonic_ns() + 30_000_000)
+        slept = time.monotonic() - started
+        assert 0.025 <= slept < 0.09               # the deadline (or a 100 ms watchdog tick at worst)
+        threading.Timer(0.02, control.wake).start()
+        started = time.monotonic()
+        control.sleep_until(None)
+        assert time.monotonic() - started < 0.09   # woken by wake() (or a tick), not forever
+
+
+def test_an_armed_timer_kicks_the_run_loops():
+    import time
+
+    from pykvm.control import RunControl
+    from pykvm.pvm import Events
+
+    events = Events()
+    with RunControl(events, [], None) as control:
+        events.pending = False
+        control.arm(time.monotonic_ns() + 5_000_000)
+        control.sleep_until(time.monotonic_ns() + 50_000_000)
+        assert events.pending and control.timer_due is None
