@@ -68,9 +68,13 @@ class RunControl:
         now = time.monotonic()
         if self.deadline is not None and now >= self.deadline:
             self.request_stop("timeout")
-        if self.timer_due is not None and now >= self.timer_due:
-            self.timer_due = None
-            self._kick()
+        due = self.timer_due
+        if due is not None:
+            if now >= due:
+                self.timer_due = None
+                self._kick()
+            else:              # the timer fired a little early: fire again at the deadline
+                signal.setitimer(signal.ITIMER_REAL, max(due - now, _MIN_DELAY), self.TICK)
 
     # -- device timers and sleeping ---------------------------------------------------------------
     def arm(self, deadline_ns: int | None) -> None:

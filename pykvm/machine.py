@@ -187,13 +187,17 @@ class Machine:
             self._set_single_step(False)
         platform = self.platform
         control = self._control = RunControl(self.events, [self.vcpu], timeout)
+        armed = None
         try:
             with control:
                 while True:
                     if self.events.pending:
                         self._handle_events()
                     platform.poll()
-                    control.arm(platform.next_deadline_ns())
+                    deadline = platform.next_deadline_ns()
+                    if deadline != armed:
+                        control.arm(deadline)
+                        armed = deadline
                     if self.in_pvm_mode:
                         status = self._run_kvm()
                     else:

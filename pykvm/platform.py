@@ -72,5 +72,7 @@ class PcPlatform:
 
     def next_deadline_ns(self) -> int | None:
         """CLOCK_MONOTONIC time of the next timer interrupt, or None when none is coming."""
-        deadlines = [d for d in (t.next_deadline_ns() for t in self._timers) if d is not None]
-        return min(deadlines) if deadlines else None
+        pit, rtc = self.pit.next_deadline_ns(), self.rtc.next_deadline_ns()
+        if pit is None or rtc is None:
+            return rtc if pit is None else pit
+        return min(pit, rtc)
