@@ -135,6 +135,7 @@ class Machine:
             self._emulator = emulator = Emulator(self.state, self.memory, self.bus, cpuid=self.cpuid)
             emulator.interrupt_controller = self.platform
             emulator.intr_pending = self.platform.intr
+            emulator.events = self.events
         return self._emulator
 
     def _intr_changed(self, level: bool) -> None:

@@ -16,7 +16,7 @@ import iced_x86 as X
 
 from pykvm.emulator import segments
 from pykvm.emulator.cpuid import default_cpuid
-from pykvm.emulator.faults import CpuFault
+from pykvm.emulator.faults import CpuFault, Preempted
 from pykvm.emulator.features import FeatureCheck
 from pykvm.emulator.flags import ARITH, arith
 from pykvm.emulator.interrupts import deliver_exception, deliver_external
@@ -64,6 +64,9 @@ class Emulator(SystemOps):
         self.intr_pending = False
         self.interrupt_controller = None
         self.interrupts_delivered = 0
+        # The run loop's requests (pvm.Events: Ctrl-C, --timeout, timers): long REP string
+        # instructions look at them between elements (``preempt_requested``).
+        self.events = None
         # Called after every interrupt/exception delivery as (vector, linear address of the
         # pushed EFLAGS image, its size); None costs nothing (deliveries are rare anyway).
         self.delivery_observer = None
@@ -327,6 +330,11 @@ class Emulator(SystemOps):
                     st.interrupt_shadow = False
                     deliver_exception(self, e)
                     break
+                except Preempted:
+                    st.rip = blk.eips[i]          # the REP instruction resumes from here
+                    done += i
+                    st.interrupt_shadow = False
+                    break
                 st.interrupt_shadow = self.shadow
                 self.shadow = False
                 if tf:
@@ -382,6 +390,13 @@ class Emulator(SystemOps):
         return EmulationError(message, rip=lin, code=code, mnemonic=text)
 
     # -- events from outside ------------------------------------------------------------------
+    def preempt_requested(self) -> bool:
+        """Whether a long REP instruction should stop between elements: the run loop has an
+        event to handle, or an interrupt the vCPU can take is pending."""
+        events = self.events
+        return bool((events is not None and events.pending)
+                    or (self.intr_pending and self.state.rflags & FLAG_IF))
+
     def _take_interrupt(self) -> None:
         """INTA and delivery of the pending external interrupt (inside ``run``)."""
         vector = self.interrupt_controller.acknowledge()

@@ -39,6 +39,13 @@ class CpuFault(Exception):
         return s
 
 
+class Preempted(Exception):
+    """A long REP string instruction stopped between two elements so that an event (Ctrl-C,
+    --timeout, a timer, an interrupt) is handled first. As the architecture allows: RIP stays
+    on the instruction, (E)CX/(E)SI/(E)DI describe the work done, and it resumes where it
+    stopped. Internal control flow, like ``CpuFault``: it never escapes the ``Emulator``."""
+
+
 class TripleFault(GuestShutdownError):
     """A fault while delivering a double fault: the CPU shuts down."""
 

@@ -2,7 +2,8 @@
 
 Element by element they follow the SDM exactly: registers are updated after each element,
 so a fault in the middle leaves (E)SI/(E)DI/(E)CX describing the work done and RIP on the
-instruction, which then restarts. REP MOVS and REP STOS on RAM are done in bulk: one
+instruction, which then restarts. The same makes a long REP interruptible: between elements
+(and bulk chunks) it stops for a pending event or interrupt and resumes later. REP MOVS and REP STOS on RAM are done in bulk: one
 slice assignment per page-sized chunk (after the segment limit, page walk and
 self-modifying-code checks for that chunk). Overlapping MOVS chunks fall back to single
 elements, because x86 copies element by element and a memmove would differ.
@@ -10,12 +11,13 @@ elements, because x86 copies element by element and a memmove would differ.
 
 from __future__ import annotations
 
-from pykvm.emulator.faults import CpuFault
+from pykvm.emulator.faults import CpuFault, Preempted
 from pykvm.emulator.flags import OP_SUB, arith
 from pykvm.x86 import paging
 from pykvm.x86.bits import FLAG_DF
 
 MOVS, STOS, LODS, CMPS, SCAS, INS, OUTS = range(7)
+PREEMPT_CHECK = 1024    # elements between looks at the run loop's events (a few hundred µs at most)
 REP_NONE, REP_E, REP_NE = 0, 1, 2
 ES = 0
 _MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
@@ -50,7 +52,8 @@ def string_op(emu, op: int, size: int, a32: bool, seg: int, rep: int) -> None:
 
 
 def _elements(emu, op: int, size: int, amask: int, seg: int, rep: int, count: int) -> None:
-    """The string operation one element at a time, ``count`` elements (1 without REP)."""
+    """The string operation one element at a time, ``count`` elements (1 without REP); every
+    ``PREEMPT_CHECK`` elements a REP may stop for an event (``Preempted``)."""
     R = emu.R
     back = emu.state.rflags & FLAG_DF
     step = -size if back else size
@@ -58,6 +61,7 @@ def _elements(emu, op: int, size: int, amask: int, seg: int, rep: int, count: in
     rdn, wrn = mmu.rdn, mmu.wrn
     mask = _MASK[size]
     bus = emu.bus
+    until_check = PREEMPT_CHECK
     while True:
         si = R[6] & amask
         di = R[7] & amask
@@ -100,6 +104,11 @@ def _elements(emu, op: int, size: int, amask: int, seg: int, rep: int, count: in
             zf = arith(emu.lf) & 0x40
             if (rep == REP_E and not zf) or (rep == REP_NE and zf):
                 return
+        until_check -= 1
+        if not until_check:
+            until_check = PREEMPT_CHECK
+            if emu.preempt_requested():
+                raise Preempted()
 
 
 def _set(R, i, value, amask):
@@ -189,5 +198,7 @@ def _bulk(emu, op: int, size: int, amask: int, seg: int, count: int) -> int:
         _set(R, 7, di - nbytes if back else di + nbytes, amask)
         count -= n
         _set(R, 1, count, amask)
+        if emu.preempt_requested():
+            raise Preempted()
     return count
 

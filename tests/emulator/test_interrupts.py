@@ -139,3 +139,45 @@ def test_protected_mode_interrupt_gate_clears_if_and_pushes_the_boundary():
     st = emu.state
     assert not st.gpr[7] & 0x200 and st.rflags & 0x200
     assert st.gpr[3] == org + code.index(bytes.fromhex("89f3"))      # mov ebx, esi
+
+
+def test_an_interrupt_stops_a_long_rep_between_elements_and_it_resumes_after():
+    """SDM (REP): an interrupt may be taken between iterations; the pushed return address is
+    the string instruction itself, which resumes with the remaining count."""
+    code = assemble("""
+        mov ax, 0x1000
+        mov es, ax
+        xor di, di
+        mov cx, 0xc000
+        mov al, 0x5a
+        sti
+    rep_stos:
+        rep stosb
+        mov bx, si
+        hlt
+        .org 0x200
+        inc si
+        mov bp, sp
+        mov dx, [bp]        # the return IP
+        iret
+    """, org=0x7C00)
+    emu, mem, bus = real_mode(code)
+    mem.write_u16(VECTOR * 4, 0x7E00)
+    Controller(emu, bus)
+
+    class RaiseOnSecondLook:
+        looks = 0
+
+        @property
+        def pending(self):
+            self.looks += 1
+            if self.looks == 2:
+                emu.intr_pending = True
+            return False
+
+    emu.events = RaiseOnSecondLook()
+    while not emu.state.halted:
+        emu.run(100)
+    st = emu.state
+    assert st.gpr[3] == 1 and st.gpr[2] == 0x7C00 + code.index(b"\xf3\xaa")   # stopped inside the REP
+    assert st.gpr[1] & 0xFFFF == 0 and mem.read(0x10000, 0xC000) == b"\x5a" * 0xC000

@@ -7,7 +7,7 @@ import pytest
 
 from pykvm.x86 import descriptors as D
 from tests.emulator.asm import HAVE_AS, assemble
-from tests.emulator.machine import Recorder, install_gdt, install_idt, protected_mode, real_mode, standard_gdt
+from tests.emulator.machine import Recorder, install_gdt, install_idt, protected_mode, real_mode, run_until_halt, standard_gdt
 
 pytestmark = pytest.mark.skipif(not HAVE_AS, reason="GNU as/ld not installed")
 ORG = 0x100000
@@ -194,3 +194,35 @@ def test_fault_in_repe_cmps_restores_eflags():
     flags = mem.read_u32(st.gpr[4] + 12)                  # EFLAGS image in the #GP frame
     assert flags & 1 and not flags & 0x40                  # CF from STC, not ZF from the compares
     assert (st.gpr[1], st.gpr[6]) == (2, 0x400)            # two bytes compared before the fault
+
+
+class _Pending:
+    """A pvm.Events stand-in that has a request on its ``polls``-th look only (the run loop
+    handles it and clears it)."""
+
+    def __init__(self, polls: int):
+        self.polls = polls
+
+    @property
+    def pending(self) -> bool:
+        self.polls -= 1
+        return self.polls == 0
+
+
+@pytest.mark.parametrize("code", ["rep stosb", "rep lodsb", "repe cmpsb", "rep movsb"])
+def test_a_long_rep_stops_between_elements_for_an_event_and_resumes(code):
+    """Element-wise (LODS, CMPS) and bulk (STOS, MOVS) REPs both stop when the run loop has
+    an event, leaving RIP on the instruction and ECX/ESI/EDI describing the work done."""
+    from pykvm.emulator.strings import PREEMPT_CHECK
+
+    source = f"mov ecx, 0x30000\nmov esi, 0x200000\nmov edi, 0x240000\n{code}\nhlt"
+    reference, _, _ = protected_mode(assemble(source, 32, 0x100000))
+    run_until_halt(reference)
+    emu, _, _ = protected_mode(assemble(source, 32, 0x100000))
+    emu.events = _Pending(polls=2)
+    emu.run(100)
+    rep_rip = 0x100000 + 15
+    assert emu.state.rip == rep_rip and 0 < emu.state.gpr[1] < 0x30000, "it ran to the end"
+    assert emu.state.gpr[1] >= 0x30000 - 3 * max(PREEMPT_CHECK, 0x1000)
+    run_until_halt(emu)
+    assert emu.state.gpr == reference.state.gpr and emu.state.rip == reference.state.rip
