@@ -115,6 +115,8 @@ RECIPES: dict[str, Recipe] = {
                description="freestanding C guest whose GUEST_ASSERT fails on purpose"),
         Recipe("multiboot32", ("multiboot32.S", "lib/serial32.S"), "ld/multiboot32.ld", 32, flat=False,
                description="multiboot v1 ELF kernel printing EAX magic and mem_lower/upper"),
+        Recipe("mbshim", ("mbshim.S",), "ld/mbshim.ld", 32,
+               description="multiboot kernel that enters an appended flat guest as pykvm's loader would"),
         Recipe("timer16", ("lib/crt0_16.S", "lib/vectors16.S") + _TIMER_C, "ld/real16.ld", 16,
                extra_cflags=("-DTIMER16",),
                description="real mode: 200 PIT ticks in sti; hlt, STI shadow, PIT mode 0 on masked IRQ 0, RTC"),
