@@ -69,23 +69,7 @@ static int check(int ok, const char *name, const char *fmt, ...)
     return ok;
 }
 
-/* -- the tick ----------------------------------------------------------------------- */
-
-static void timer_start(void)
-{
-    pit_program(0, 2, pit_hz_count(TICK_HZ));       /* mode 2: rate generator */
-}
-
-/* Sleep in "sti; hlt" until n more ticks came; return how many times HLT woke up. */
-static unsigned wait_ticks(unsigned n)
-{
-    unsigned end = irq_count[TIMER_IRQ] + n, wakeups = 0;
-    while ((int)(end - irq_count[TIMER_IRQ]) > 0) {
-        sti_hlt_cli();
-        wakeups++;
-    }
-    return wakeups;
-}
+/* -- the tick (platform_init programs it, wait_ticks sleeps through it: lib/irq.c) --------- */
 
 /* Every HLT wake-up must be one tick: a VMM that resumed a halted vCPU without an
  * interrupt would show more wake-ups than ticks. */
@@ -320,7 +304,7 @@ static void check_pit_one_shot_masked(void)
           "IRR %d, status 0x%x", fired, status_after);
     check(while_masked == 0, "masked IRQ 0 stays pending, not delivered", "delivered %u times", while_masked);
     check(after == 1, "unmasking IRQ 0 delivers the one-shot's tick once", "delivered %u times", after);
-    timer_start();
+    pit_program(0, 2, pit_hz_count(TICK_HZ));       /* the 100 Hz tick again */
 }
 
 /* -- RTC ----------------------------------------------------------------------------- */
@@ -530,29 +514,14 @@ static void check_cmos_memory(void)
 }
 #endif
 
-/* -- start-up ------------------------------------------------------------------------- */
-
-static void platform_init(void)
-{
-    vectors_install();
-#ifdef TIMER16
-    pic_use_bios_bases();
-    pic_set_mask(0xffff);
-#else
-    pic_init(0x20, 0x28);
-#endif
-    timer_start();
-    pic_set_mask(~BIT(TIMER_IRQ));
-    interrupt_window();                 /* requests left from before: taken and forgotten */
-    for (unsigned i = 0; i < 16; i++)
-        irq_count[i] = 0;
-    irq_log_clear();
-}
-
 int main(void)
 {
     guest_printf(NAME ": interrupts and timers of the PC platform, " WHERE "\n");
-    platform_init();
+#ifdef TIMER16
+    platform_init(BIOS_MASTER_BASE, BIOS_SLAVE_BASE, TICK_HZ);
+#else
+    platform_init(0x20, 0x28, TICK_HZ);
+#endif
 
 #ifdef TIMER16
     check_rtc(check_ticks);

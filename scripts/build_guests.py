@@ -86,6 +86,7 @@ class Recipe:
 # The timer guests: one C source built for each mode (guests/timer.c), with the PIC/PIT/CMOS
 # drivers and interrupt bookkeeping of lib/irq.c.
 _TIMER_C = ("timer.c", "lib/irq.c", "lib/printf.c", "lib/string.c")
+_IDLE_C = ("idle.c",) + _TIMER_C[1:]
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
@@ -126,6 +127,11 @@ RECIPES: dict[str, Recipe] = {
         Recipe("timer64", ("lib/crt0_64.S", "lib/vectors64.S") + _TIMER_C, "ld/flat64.ld", 64,
                extra_cflags=("-DTIMER64", "-mno-red-zone"),
                description="PVM mode: 200 PIT ticks injected by KVM_INTERRUPT, STI shadow, PIC priorities/EOI"),
+        Recipe("idle16", ("lib/crt0_16.S", "lib/vectors16.S") + _IDLE_C, "ld/real16.ld", 16,
+               description="real mode: 300 PIT ticks at 100 Hz in sti; hlt, nothing else (bench_idle.py)"),
+        Recipe("idle64", ("lib/crt0_64.S", "lib/vectors64.S") + _IDLE_C, "ld/flat64.ld", 64,
+               extra_cflags=("-mno-red-zone",),
+               description="PVM mode: 300 PIT ticks at 100 Hz in sti; hlt, nothing else (bench_idle.py)"),
     )
 }
 

@@ -118,6 +118,8 @@ uint16_t pic_irr(void);
 uint16_t pic_isr(void);
 void pic_eoi(unsigned irq);
 void irq_log_clear(void);
+void platform_init(uint8_t master_base, uint8_t slave_base, unsigned hz);
+unsigned wait_ticks(unsigned n);
 
 uint8_t cmos_read(uint8_t index);
 void cmos_write(uint8_t index, uint8_t value);

@@ -1,4 +1,7 @@
-/* irq.c - interrupt dispatch and the PIC/PIT/CMOS drivers of the timer guests.
+/* irq.c - interrupt dispatch and the PIC/PIT/CMOS drivers of the timer and idle guests.
+ *
+ * platform_init() installs the vectors, sets up the PICs and starts the PIT tick;
+ * wait_ticks() sleeps in "sti; hlt" through a number of ticks.
  *
  * on_vector() is called by the vector stubs (lib/vectors{16,32,64}.S) with the
  * vector number and the interrupted code's return address, with interrupts
@@ -62,6 +65,37 @@ void on_vector(uintptr_t vector, uintptr_t ip)
 void irq_log_clear(void)
 {
     irq_order_len = 0;
+}
+
+/* Vectors installed, the PICs at the given vector bases (the BIOS bases: left as the
+ * firmware, or pykvm, programmed them; others: initialised), PIT channel 0 at ``hz``
+ * (mode 2), only IRQ 0 open, requests left from before taken and forgotten. */
+void platform_init(uint8_t master, uint8_t slave, unsigned hz)
+{
+    vectors_install();
+    if (master == BIOS_MASTER_BASE && slave == BIOS_SLAVE_BASE) {
+        pic_use_bios_bases();
+        pic_set_mask(0xffff);
+    } else {
+        pic_init(master, slave);
+    }
+    pit_program(0, 2, pit_hz_count(hz));
+    pic_set_mask((uint16_t)~1u);
+    interrupt_window();
+    for (unsigned i = 0; i < 16; i++)
+        irq_count[i] = 0;
+    irq_log_clear();
+}
+
+/* Sleep in "sti; hlt" until n more ticks (IRQ 0) came; return how many times HLT woke up. */
+unsigned wait_ticks(unsigned n)
+{
+    unsigned end = irq_count[0] + n, wakeups = 0;
+    while ((int)(end - irq_count[0]) > 0) {
+        sti_hlt_cli();
+        wakeups++;
+    }
+    return wakeups;
 }
 
 /* -- 8259A pair -------------------------------------------------------------------- */
