@@ -36,6 +36,16 @@
 #define LONG_CR0     0x80050033     /* PG|AM|WP|NE|ET|MP|PE, as pykvm's long-mode loader */
 #define EFER_SCE     0x00000001
 
+/* DS, ES, FS, GS and SS := selector (the same bytes in 16-, 32- and 64-bit code). */
+.macro LOAD_DATA_SEGMENTS selector
+    mov     $\selector, %ax
+    mov     %ax, %ds
+    mov     %ax, %es
+    mov     %ax, %fs
+    mov     %ax, %gs
+    mov     %ax, %ss
+.endm
+
     .section .text.entry, "ax"
     .code32
     .globl  _start
@@ -84,13 +94,7 @@ entry:
 
 protected:
     ljmp    $0x08, $1f
-1:
-    mov     $0x10, %ax
-    mov     %ax, %ds
-    mov     %ax, %es
-    mov     %ax, %fs
-    mov     %ax, %gs
-    mov     %ax, %ss
+1:  LOAD_DATA_SEGMENTS 0x10
     mov     $STACK_TOP, %esp
     lidt    idtr_empty
     mov     param_load, %eax
@@ -133,12 +137,7 @@ long:
 
     .code64
 long64:
-    mov     $0x10, %ax
-    mov     %ax, %ds
-    mov     %ax, %es
-    mov     %ax, %fs
-    mov     %ax, %gs
-    mov     %ax, %ss
+    LOAD_DATA_SEGMENTS 0x10
     mov     $STACK_TOP, %esp
     mov     $idtr_empty, %ebx       // 32-bit absolute addresses: this is an i386 object
     lidt    (%rbx)
@@ -149,22 +148,12 @@ long64:
 /* Copied to TRAMPOLINE and entered through the 16-bit code selector 0x20. */
     .code16
 trampoline16:
-    mov     $0x28, %ax              // 64 KiB data segments before leaving protected mode
-    mov     %ax, %ds
-    mov     %ax, %es
-    mov     %ax, %fs
-    mov     %ax, %gs
-    mov     %ax, %ss
+    LOAD_DATA_SEGMENTS 0x28         // 64 KiB data segments before leaving protected mode
     mov     %cr0, %eax
     and     $~CR0_PE, %eax
     mov     %eax, %cr0
     ljmp    $0, $(TRAMPOLINE + 1f - trampoline16)
-1:  xor     %ax, %ax
-    mov     %ax, %ds
-    mov     %ax, %es
-    mov     %ax, %fs
-    mov     %ax, %gs
-    mov     %ax, %ss
+1:  LOAD_DATA_SEGMENTS 0
     mov     $REAL_LOAD, %sp
     lidt    TRAMPOLINE + (ivtr - trampoline16)
     ljmp    $0, $REAL_LOAD

@@ -70,18 +70,6 @@
 #define TESTDEV_SCRATCH  0xe0
 #define TESTDEV_IRQ(n)   (0x2000 + (n))
 
-static inline void outw(uint16_t port, uint16_t value)
-{
-    __asm__ volatile("outw %0, %1" : : "a"(value), "Nd"(port));
-}
-
-static inline uint32_t inl(uint16_t port)
-{
-    uint32_t value;
-    __asm__ volatile("inl %1, %0" : "=a"(value) : "Nd"(port));
-    return value;
-}
-
 static inline void cli(void) { __asm__ volatile("cli" ::: "memory"); }
 
 /* Sleep until an interrupt: STI's shadow covers the HLT, so an interrupt that
