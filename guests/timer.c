@@ -271,6 +271,7 @@ static void check_priorities(void)
 
     manual_eoi = 0;
     check(pic_isr() == 0, "nothing left in service", "ISR 0x%x", pic_isr());
+    pic_set_mask(~BIT(TIMER_IRQ));
 }
 #endif
 
@@ -349,7 +350,7 @@ static int bcd_ok(uint8_t v, uint8_t lo, uint8_t hi)
 
 static void rtc_convert(struct rtc_time *t, uint8_t (*f)(uint8_t))
 {
-    uint8_t *p = &t->sec;
+    uint8_t *p = (uint8_t *)t;                          /* seven bytes, no padding */
     for (unsigned i = 0; i < sizeof *t; i++)
         p[i] = f(p[i]);
 }
@@ -397,7 +398,7 @@ static void check_rtc(void (*count)(void))
                  a.min, a.sec);
 
     rtc_convert(&a, from_bcd);
-    cmos_write(RTC_REG_B, 0x80 | RTC_B_24H | RTC_B_BINARY);     /* SET: stop, load in binary */
+    cmos_write(RTC_REG_B, RTC_B_SET | RTC_B_24H | RTC_B_BINARY);   /* stop, load in binary */
     rtc_write(&a);
     cmos_write(RTC_REG_B, RTC_B_24H | RTC_B_BINARY);
     count();
@@ -412,7 +413,7 @@ static void check_rtc(void (*count)(void))
                  a.hour, a.min, a.sec, b.hour, b.min, b.sec);
 
     rtc_convert(&b, to_bcd);                            /* back to BCD, as firmware keeps it */
-    cmos_write(RTC_REG_B, 0x80 | RTC_B_24H);
+    cmos_write(RTC_REG_B, RTC_B_SET | RTC_B_24H);
     rtc_write(&b);
     cmos_write(RTC_REG_B, RTC_B_24H);
 }
@@ -519,16 +520,12 @@ int main(void)
     guest_printf(NAME ": interrupts and timers of the PC platform, " WHERE "\n");
 #ifdef TIMER16
     platform_init(BIOS_MASTER_BASE, BIOS_SLAVE_BASE, TICK_HZ);
-#else
-    platform_init(0x20, 0x28, TICK_HZ);
-#endif
-
-#ifdef TIMER16
     check_rtc(check_ticks);
     check_sti_shadow_tick();
     check_pit_one_shot_masked();
     check_rtc_periodic();
 #else
+    platform_init(0x20, 0x28, TICK_HZ);
     check_ticks();
 #ifdef TIMER64
     check_sti_shadow_tick();

@@ -56,6 +56,7 @@
 #define RTC_REG_B        0x0b
 #define RTC_REG_C        0x0c
 #define RTC_A_UIP        0x80
+#define RTC_B_SET        0x80       /* updates stop; the time bytes are the guest's to set */
 #define RTC_B_PIE        0x40
 #define RTC_B_BINARY     0x04
 #define RTC_B_24H        0x02
@@ -69,8 +70,6 @@
 /* QEMU's pc-testdev (pykvm run --testdev). */
 #define TESTDEV_SCRATCH  0xe0
 #define TESTDEV_IRQ(n)   (0x2000 + (n))
-
-static inline void cli(void) { __asm__ volatile("cli" ::: "memory"); }
 
 /* Sleep until an interrupt: STI's shadow covers the HLT, so an interrupt that
  * is already pending wakes it instead of being taken before it. */
@@ -100,7 +99,6 @@ extern unsigned manual_eoi;               /* IRQ bits whose EOI the main code se
 
 void on_vector(uintptr_t vector, uintptr_t ip);
 void pic_init(uint8_t master_base, uint8_t slave_base);
-void pic_use_bios_bases(void);
 void pic_set_mask(uint16_t masked);
 uint16_t pic_irr(void);
 uint16_t pic_isr(void);

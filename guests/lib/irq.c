@@ -43,7 +43,7 @@ void on_vector(uintptr_t vector, uintptr_t ip)
     int irq = vector_to_irq(vector & 0xff);     /* the stubs push the vector sign-extended */
 
     if (irq < 0 || irq == PIC_CASCADE_IRQ) {
-        guest_printf("FAIL: unexpected vector %#x at %#x\n", (unsigned)(vector & 0xff), (unsigned)ip);
+        guest_printf("FAIL: unexpected vector 0x%x at 0x%x\n", (unsigned)(vector & 0xff), (unsigned)ip);
         guest_exit(UNEXPECTED_VECTOR_EXIT);
     }
     if ((irq & 7) == 7 && !(pic_isr() & (1u << irq))) {
@@ -74,7 +74,8 @@ void platform_init(uint8_t master, uint8_t slave, unsigned hz)
 {
     vectors_install();
     if (master == BIOS_MASTER_BASE && slave == BIOS_SLAVE_BASE) {
-        pic_use_bios_bases();
+        master_base = master;                   /* the chips stay as they are */
+        slave_base = slave;
         pic_set_mask(0xffff);
     } else {
         pic_init(master, slave);
@@ -118,13 +119,6 @@ void pic_init(uint8_t master, uint8_t slave)
     master_base = master;
     slave_base = slave;
     pic_set_mask(0xffff);
-}
-
-/* Keep the chips as the firmware (or pykvm, without one) left them: vectors 0x08 and 0x70. */
-void pic_use_bios_bases(void)
-{
-    master_base = BIOS_MASTER_BASE;
-    slave_base = BIOS_SLAVE_BASE;
 }
 
 /* Mask bit n masks IRQ n; the cascade line follows whether any slave line is open. */
