@@ -7,6 +7,7 @@ sleep through 300 ticks (3 s) in ``sti; hlt`` (guests/idle.c). Each runs in this
 the CPU time (user + system, from getrusage) and the wall time of ``Machine.run`` are
 measured over the same run, so start-up (imports, VM creation, loading) is left out and
 the ratio CPU / wall is what idling costs: the claim is that it is next to nothing.
+"KVM exits/tick" is every exit of the run (start-up and console output too) over the ticks.
 
 usage: python scripts/bench_idle.py [--repeat K]   (the best of K runs per executor)
 """
