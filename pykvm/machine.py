@@ -38,6 +38,9 @@ EMULATORS = ("userspace", "kernel")
 _EXIT_IO, _EXIT_HLT, _EXIT_MMIO, _EXIT_INTR = ExitReason.IO, ExitReason.HLT, ExitReason.MMIO, ExitReason.INTR
 _EXIT_DEBUG, _EXIT_IRQ_WINDOW = ExitReason.DEBUG, ExitReason.IRQ_WINDOW_OPEN
 STEPPED = -1  # _run_kvm's answer when a single step completed (statuses are >= 0)
+# Single steps spent on one interrupt the guest holds off (IF = 0) before falling back to
+# PVM's late interrupt-window exit (see Machine._hold_off).
+WINDOW_STEP_BUDGET = 1000
 
 
 def describe_mode(state: CpuState) -> str:
@@ -101,6 +104,9 @@ class Machine:
         self._emulator = None
         self.cpuid = CpuidTable(self._cpuid)   # what the emulator's CPUID answers
         self._single_stepping = False
+        self._steps_left = None       # single steps left for an interrupt held off (_hold_off)
+        self._window_stepping = False  # single-stepping for _hold_off
+        self._sync_valid = False      # the sync-regs area holds the state of the last KVM exit
         self._in_step = False
         self._last_mode = None     # for -v: the mode last logged
         self.image = None
@@ -156,6 +162,7 @@ class Machine:
         store_state(self.vcpu, self.state)
         # Stale from before the emulator ran: inject only after KVM has said it can take one.
         self.vcpu.kvm_run.ready_for_interrupt_injection = 0
+        self._sync_valid = False
         self.in_pvm_mode = True
 
     def _leave_kvm(self) -> None:
@@ -164,6 +171,7 @@ class Machine:
         self.state = state_from_kvm(sync.regs, sync.sregs, self.vcpu.get_msrs(SYNCED_MSRS), self.state)
         self.in_pvm_mode = False
         self.stats.reentries += 1
+        self._end_hold_off()
         if self._emulator is not None:
             self._emulator.state = self.state
             self._emulator.invalidate_code_cache()
@@ -294,11 +302,15 @@ class Machine:
         try:
             while not events.pending:
                 if pic.intr:
-                    self._inject(kvm_run)
+                    status = self._inject(kvm_run)
+                    if status is not None:
+                        return status
                 elif kvm_run.request_interrupt_window:
                     kvm_run.request_interrupt_window = 0
+                    self._end_hold_off()
                 if ioctl(fd, run_request, run_arg) < 0:
                     vcpu.run_failed()
+                self._sync_valid = True
                 reason = kvm_run.exit_reason
                 exits += 1
                 if trace:
@@ -344,6 +356,7 @@ class Machine:
                 if reason == _EXIT_IRQ_WINDOW:
                     continue              # the guest can take the pending interrupt now
                 stepped = reason == _EXIT_DEBUG and self._single_stepping
+                window_step = reason == _EXIT_DEBUG and self._window_stepping
                 if check_mode and self._kvm_in_non_pvm_mode():
                     self._leave_kvm()
                     if reason == _EXIT_HLT:
@@ -351,6 +364,8 @@ class Machine:
                     return STEPPED if stepped else None
                 if stepped:
                     return STEPPED
+                if window_step:
+                    continue              # one instruction closer to the window (_hold_off)
                 if reason == _EXIT_HLT:
                     return self._halted(vcpu.sync_regs.regs.rflags, "KVM")
                 return self._fatal_exit(exit_)
@@ -358,15 +373,69 @@ class Machine:
         finally:
             stats.kvm_exits += exits
 
-    def _inject(self, kvm_run) -> None:
+    def _inject(self, kvm_run) -> int | None:
         """INTR is up: inject the interrupt if KVM says the guest can take it now, else ask KVM
-        to exit as soon as it can (the KVM API's pattern for a userspace interrupt controller)."""
+        to exit as soon as it can (the KVM API's pattern for a userspace interrupt controller)
+        and step towards that moment (``_hold_off``). Returns a status if the guest halted."""
         if kvm_run.ready_for_interrupt_injection and kvm_run.if_flag:
             self.vcpu.interrupt(self.platform.acknowledge())
             self.stats.interrupts_injected += 1
             kvm_run.request_interrupt_window = 1 if self.platform.intr else 0
-        else:
-            kvm_run.request_interrupt_window = 1
+            self._end_hold_off()
+            return None
+        kvm_run.request_interrupt_window = 1
+        return self._hold_off()
+
+    def _hold_off(self) -> int | None:
+        """An interrupt is pending but the guest cannot take it (IF = 0, or the shadow of STI or
+        MOV SS): single-step until it can, so it is injected at the right instruction boundary.
+
+        PVM reports KVM_EXIT_IRQ_WINDOW_OPEN only at the end of its own batch of about 1,000
+        instructions, not after the instruction that follows STI (measured on these hosts: in
+        ``sti; nop; cli`` the interrupt is never taken). Under single-step it reports each
+        boundary exactly: after STI, IF = 1 with the STI shadow and not ready; one instruction
+        later, ready. HLT is never stepped (see below). After WINDOW_STEP_BUDGET steps for one
+        interrupt the late window exit is left to deliver it.
+        """
+        if self._single_stepping:
+            return None                    # the debugger steps anyway
+        if self._steps_left is None:
+            if not self._sync_valid:
+                return None                # no exit since entering KVM: nothing to look at yet
+            self._steps_left = WINDOW_STEP_BUDGET
+        if not self._steps_left:
+            if self._window_stepping:
+                self._set_window_stepping(False)
+                log.debug("interrupt held off for %d single steps: left to PVM's window exit",
+                          WINDOW_STEP_BUDGET)
+            return None
+        self._steps_left -= 1
+        from pykvm.debug.disasm import read_code
+
+        sync = self.vcpu.sync_regs
+        if read_code(self.memory, state_from_kvm(sync.regs, sync.sregs), 1) == b"\xf4":
+            # A step over HLT does not halt (a later KVM_RUN reports the halt wherever the guest
+            # is then): KVM_RUN runs it without the step, and with IF = 1 (STI; HLT) its HLT exit
+            # is ready for the interrupt. With IF = 0 the guest halts for good.
+            self._end_hold_off()
+            if sync.regs.rflags & FLAG_IF:
+                return None
+            regs = self.vcpu.get_regs()
+            regs.rip += 1
+            self.vcpu.set_regs(regs)
+            return self._halted(regs.rflags, "KVM")
+        self._set_window_stepping(True)
+        return None
+
+    def _end_hold_off(self) -> None:
+        self._steps_left = None
+        self._set_window_stepping(False)
+
+    def _set_window_stepping(self, enabled: bool) -> None:
+        if enabled != self._window_stepping:
+            if not self._single_stepping:
+                self.vcpu.set_guest_debug(enable=enabled, single_step=enabled)
+            self._window_stepping = enabled
 
     def _fatal_exit(self, exit_) -> int:
         rip = self.vcpu.sync_regs.regs.rip
@@ -449,7 +518,8 @@ class Machine:
 
     def _set_single_step(self, enabled: bool) -> None:
         if enabled != self._single_stepping:
-            self.vcpu.set_guest_debug(enable=enabled, single_step=enabled)
+            step = enabled or self._window_stepping
+            self.vcpu.set_guest_debug(enable=step, single_step=step)
             self._single_stepping = enabled
 
     # -- inspection ---------------------------------------------------------------------------

@@ -83,6 +83,11 @@ class Recipe:
         return ".bin" if self.flat else ".elf"
 
 
+# The timer guests: one C source built for each mode (guests/timer.c), with the PIC/PIT/CMOS
+# drivers and interrupt bookkeeping of lib/irq.c.
+_TIMER_C = ("timer.c", "lib/irq.c", "lib/printf.c", "lib/string.c")
+_IDLE_C = ("idle.c",) + _TIMER_C[1:]
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
@@ -111,6 +116,22 @@ RECIPES: dict[str, Recipe] = {
                description="freestanding C guest whose GUEST_ASSERT fails on purpose"),
         Recipe("multiboot32", ("multiboot32.S", "lib/serial32.S"), "ld/multiboot32.ld", 32, flat=False,
                description="multiboot v1 ELF kernel printing EAX magic and mem_lower/upper"),
+        Recipe("mbshim", ("mbshim.S",), "ld/mbshim.ld", 32,
+               description="multiboot kernel that enters an appended flat guest as pykvm's loader would"),
+        Recipe("timer16", ("lib/crt0_16.S", "lib/vectors16.S") + _TIMER_C, "ld/real16.ld", 16,
+               extra_cflags=("-DTIMER16",),
+               description="real mode: 200 PIT ticks in sti; hlt, STI shadow, PIT mode 0 on masked IRQ 0, RTC"),
+        Recipe("timer32", ("lib/crt0_32.S", "lib/vectors32.S") + _TIMER_C, "ld/flat32.ld", 32,
+               extra_cflags=("-DTIMER32",),
+               description="protected mode: 200 PIT ticks, STI shadow, PIC priorities/EOI, PIT read-back, CMOS size"),
+        Recipe("timer64", ("lib/crt0_64.S", "lib/vectors64.S") + _TIMER_C, "ld/flat64.ld", 64,
+               extra_cflags=("-DTIMER64", "-mno-red-zone"),
+               description="PVM mode: 200 PIT ticks injected by KVM_INTERRUPT, STI shadow, PIC priorities/EOI"),
+        Recipe("idle16", ("lib/crt0_16.S", "lib/vectors16.S") + _IDLE_C, "ld/real16.ld", 16,
+               description="real mode: 300 PIT ticks at 100 Hz in sti; hlt, nothing else (bench_idle.py)"),
+        Recipe("idle64", ("lib/crt0_64.S", "lib/vectors64.S") + _IDLE_C, "ld/flat64.ld", 64,
+               extra_cflags=("-mno-red-zone",),
+               description="PVM mode: 300 PIT ticks at 100 Hz in sti; hlt, nothing else (bench_idle.py)"),
     )
 }
 

@@ -71,10 +71,12 @@ def test_every_guest_builds(built):
 def test_flat_images_start_at_their_entry(built):
     # The loaders jump to the load address: the ELF's entry must be there too.
     load_address = {16: 0x7C00, 32: 0x100000, 64: 0x100000}
+    multiboot = {"mbshim": 0x1000000}   # a.out-kludge multiboot kernel: its header says where
     for name, path in built.items():
         recipe = bg.RECIPES[name]
         if recipe.flat:
-            assert _elf_entry(path.with_suffix(".elf")) == load_address[recipe.bits], name
+            want = multiboot.get(name, load_address[recipe.bits])
+            assert _elf_entry(path.with_suffix(".elf")) == want, name
 
 
 def test_bootsector_is_512_bytes_with_signature(built):

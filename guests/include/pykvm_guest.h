@@ -40,6 +40,13 @@ static inline uint8_t inb(uint16_t port)
     return value;
 }
 
+static inline uint32_t inl(uint16_t port)
+{
+    uint32_t value;
+    __asm__ volatile("inl %1, %0" : "=a"(value) : "Nd"(port));
+    return value;
+}
+
 /* Send one byte to COM1 once the transmitter can take it. */
 static inline void serial_putc(char c)
 {

@@ -12,7 +12,11 @@
 #define STACK_SIZE 16384
 
     .section .text.entry, "ax"
+#ifdef __x86_64__
+    .code64                         // lib/crt0_64.S: these instructions mean the same there
+#else
     .code32
+#endif
     .globl  _start
 _start:
     cli
