@@ -22,7 +22,7 @@ Modes (``MODES``)
   0x1f000 + v    the handler of vector v: a HLT (IVT, and IDT gates to CS:0xf000+v or
                  0x1f000+v), so a fault or INT n stops with its frame on the stack
   0x1fe000       GDT (``GDT``), then LDT, TSS; 0x1ff000 the IDT: interrupt gates to the
-                 mode's code segment, 286 (16-bit) gates in a quarter of the cases
+                 mode's code segment, 286 (16-bit) gates in a tenth of the cases
   elsewhere      HLT (0xf4), so any control transfer into RAM lands on a HLT
   ============== ==================================================================
 
@@ -352,9 +352,9 @@ def initial_state(mode: Mode, rng: random.Random, msrs: dict) -> CpuState:
         st.seg[CS] = _segment(SEL_CODE16_BIG if rng.random() < 0.25 else SEL_CODE16)
     if mode.stack == 32:
         st.seg[SS] = _segment(SEL_DATA32)
-        st.gpr[4] = rng.randrange(0x80000, MEMORY_SIZE - 0x2000) & ~3 if rng.random() < 0.85 else value(rng)
+        st.gpr[4] = rng.randrange(0x80000, MEMORY_SIZE - 0x2000) & ~3 if rng.random() < 0.92 else value(rng)
     else:
-        st.seg[SS] = _segment(0x68 if rng.random() < 0.2 else SEL_STACK16)
+        st.seg[SS] = _segment(0x68 if rng.random() < 0.1 else SEL_STACK16)
         st.gpr[4] = _stack_pointer16(rng)
     ldt = rng.random() < 0.8
     # Without LLDT, LDTR is null: unusable, so LDT selectors fault (the reset value, base 0
@@ -371,9 +371,9 @@ def initial_state(mode: Mode, rng: random.Random, msrs: dict) -> CpuState:
 
 def _stack_pointer16(rng: random.Random) -> int:
     """SP for a 16-bit stack: any 16 bits, sometimes with random upper bits of ESP."""
-    if rng.random() < 0.2:
+    if rng.random() < 0.1:
         return value(rng)
-    return rng.getrandbits(16) | (rng.getrandbits(16) << 16 if rng.random() < 0.3 else 0)
+    return rng.getrandbits(16) | (rng.getrandbits(16) << 16 if rng.random() < 0.1 else 0)
 
 
 def _modrm(form: Form, mode: Mode, prefix: str, rng: random.Random) -> bytes:
@@ -533,5 +533,5 @@ def make_case(form: Form, mode: Mode, prefix: str, seed: int, msrs: dict | None 
     writes.append((linear, code))
     text = X.Formatter(X.FormatterSyntax.INTEL).format(ins)
     case_id = f"{form.name}|{mode.name}|{prefix or '-'}|{seed}"
-    gate16 = not mode.real and rng.random() < 0.25
+    gate16 = not mode.real and rng.random() < 0.1
     return Case(case_id, form, mode, prefix, code, text, state, gate16, writes, ins)
