@@ -2,41 +2,50 @@
 address-size prefix, on pykvm's emulator against the host kernel's emulator and unicorn.
 
 What runs (``Sweep.run``)
-  A case (``sweep_cases.make_case``: one random instance of a form, see there for how
-  forms, modes and cases are built) runs on pykvm's ``Emulator`` for exactly one
-  instruction, under the undefined-state tracker (``undefined.py``). Guest RAM is HLT
-  everywhere but the tables, and every vector's handler is a HLT, so whatever the
-  instruction does (fall through, branch, fault, INT n) it normally lands on a HLT:
+  A case (``sweep_cases.make_case``: one random instance of a form; see there for how forms,
+  modes and cases are built) runs on pykvm's ``Emulator`` for exactly one instruction, under
+  the undefined-state tracker (``undefined.py``). Guest RAM is HLT everywhere but the tables,
+  and every vector's handler is a HLT, so whatever the instruction does (fall through, branch,
+  fault, INT n) it normally lands on a HLT, which the emulator then steps too.
 
-  * the kernel oracle: if it does, the same RAM and state go to the host kernel's emulator
-    (``KVM_RUN`` on a vCPU in non-PVM mode, one ``Machine(emulator="kernel")``'s vCPU and RAM
-    reused across cases with a minimal exit loop: port I/O and MMIO go to a logging device
-    that answers every port and every address past RAM, HLT ends the run whatever IF is),
-    which runs to that HLT; the emulator steps the HLT too, and the whole state is compared:
-    GPRs, RIP, RFLAGS, segment registers with their hidden parts, GDTR/IDTR, CR0/2/3/4, EFER,
-    the MSRs that travel with a vCPU, all of RAM, and the port and MMIO traffic;
-  * the unicorn oracle: where the kernel cannot run the case (it refuses with an internal
-    emulation error or times out, the instruction does not land on a HLT, or a ``DEPARTURES``
-    entry says the kernel is known to depart from the SDM there), unicorn runs exactly one
-    instruction over the same RAM (mapped in place) and devices. unicorn shows selectors
-    only, and stops at an exception instead of delivering it: then the emulator's delivery
-    is undone from the frame it pushed (EIP, CS, EFLAGS and ESP before the delivery, the
-    frame's bytes restored) and that state is compared, with the vector.
+  * The kernel oracle: the same RAM and state go to the host kernel's emulator (``KVM_RUN``
+    on a vCPU in non-PVM mode: one ``Machine(emulator="kernel")``'s vCPU and RAM reused across
+    cases, driven by a minimal exit loop: port I/O and MMIO go to a logging device that answers
+    every port and every address past RAM, HLT ends the run whatever IF is; nothing pending is
+    left between cases). Its run counts when the emulator landed on a HLT (or halted, or shut
+    down), or when the kernel stopped in a handler whose frame holds the instruction's own EIP
+    (a fault the emulator missed). Compared: GPRs, RIP, RFLAGS, segment registers with their
+    hidden parts, GDTR/IDTR, CR0/2/3/4, EFER, the MSRs that travel with a vCPU, all of RAM, and
+    the port and MMIO traffic.
+  * The unicorn oracle, where the kernel's run does not count: it refused (internal emulation
+    error), timed out, did not stop after one instruction, or a ``DEPARTURES`` entry says the
+    kernel departs from the SDM there (an entry may instead leave out just the field it gets
+    wrong). So do cases that leave TF set (the HLT would be single-stepped). unicorn runs
+    exactly one instruction over the same RAM (mapped in place) and devices; it shows
+    selectors only, splits unaligned MMIO (so MMIO is compared as the bytes written), and
+    stops at an exception instead of delivering it: then the emulator's delivery is undone
+    from the frame it pushed (EIP, CS, EFLAGS and ESP before the delivery, the frame's bytes
+    put back) and that state is compared, with the vector.
 
-Verdicts, per case: ``agree`` (with the oracle named), ``refuse`` (pykvm raised its
-EmulationError "cannot emulate ..." : expected of forms it does not claim; for a claimed form
-an oracle is asked whether the CPU would have raised an exception instead, which is a bug),
-``differ``, ``pending`` (a difference matching ``PENDING_PYKVM_FIXES``), ``explained`` (a
-difference an ``ORACLE_ERRATA`` entry attributes to the oracle, with the SDM's words),
-``no oracle`` (neither oracle could run it) and ``crash`` (the emulator raised something
-else). Flags and values the SDM leaves undefined are never compared (the tracker), and
-``NONDETERMINISTIC`` names the outputs that differ between any two runs (the TSC).
+Verdicts, per case: ``agree`` (with the oracle named); ``refuse`` (pykvm raised its
+EmulationError "cannot emulate ...": what is expected of forms it does not claim; for a
+claimed form an oracle is asked whether the CPU raises an exception on it instead, which makes
+the refusal a difference); ``differ``; ``pending`` (a difference matching
+``PENDING_PYKVM_FIXES``: known pykvm bugs waiting for their fix, each one line); ``explained``
+(a difference an ``ORACLE_ERRATA`` entry attributes to the oracle, quoting the SDM);
+``no oracle`` (neither oracle could run it, e.g. a branch out of RAM); ``crash`` (the emulator
+raised something else). Flags and values the SDM leaves undefined are never compared (the
+tracker); ``NONDETERMINISTIC`` names the outputs that differ between any two runs (the TSC).
+The three tables are separate on purpose: ``DEPARTURES`` and ``ORACLE_ERRATA`` say an oracle
+is wrong (and why, by the SDM), ``PENDING_PYKVM_FIXES`` says pykvm is.
 
-Budget: ``cases(scale)`` makes ``scale`` instances of every (form, mode, prefix) for claimed
-forms and one for the others (refusals cost one emulator step). On this 2-core host the
-default (scale 1, ~25,000 cases) runs at a few thousand cases/s for refusals and several
-hundred/s for the rest. ``PYKVM_DIFF_SCALE`` multiplies it; seeds derive from
-(``seed``, form, mode, prefix, instance), and a case id replays one case.
+Budget: ``cases(seed, scale)`` makes ``scale`` instances of every (form, mode, prefix) of the
+claimed forms and one of the others (optionally without prefixes only: they are refused
+whatever the prefix). Measured on this 2-core host: ~1,200 cases/s overall (refusals cost one
+emulator step, ~0.3 ms; a kernel comparison ~1.4 ms); the default test (~15,000 cases) takes
+~20 s. ``PYKVM_DIFF_SCALE`` multiplies the instances; seeds derive from (seed, form, mode,
+prefix, instance), and a case id (printed with every difference) replays one case:
+``scripts/diff_sweep.py --case ID``.
 """
 
 from __future__ import annotations
@@ -74,7 +83,6 @@ KERNEL_TIMEOUT = 0.5          # seconds; a case that lands on a HLT needs micros
 _LIBC = ctypes.CDLL(None)
 _LIBC.memcmp.restype = ctypes.c_int
 _LIBC.memcmp.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
-M = X.Mnemonic
 
 
 # -- devices: every port and every address past RAM, logged -------------------------------------
@@ -194,20 +202,22 @@ PENDING_PYKVM_FIXES: list[Pending] = [
             "limit. #SS(0) ... outside the SS segment limit\")"),
     Pending(r"^0F 3[02] ", "RDMSR/WRMSR refuse (#GP) MSRs the KVM vCPU implements, e.g. reads of MSR 0 "
             "(SDM: \"#GP(0) If the value in ECX specifies a reserved or unimplemented MSR address\": which "
-            "MSRs exist is the vCPU's, i.e. KVM's)", when=lambda case, diffs: True),
+            "MSRs exist is the vCPU's, i.e. KVM's)"),
     Pending(r"^(07|17|1F|0F A1|0F A9) POP", "POP Sreg with a 32-bit operand size reads 4 bytes (#SS at the "
             "top of a 16-bit stack); KVM reads the 16-bit selector and skips 2 (SDM POP: a segment register "
             "takes the 16-bit selector; whether the upper half is read is not stated, hardware reads 16 bits)",
             when=lambda case, diffs: ("66" in case.prefix.split()) != (case.mode.code == 32)),
     Pending(r"^0F A2 CPUID", "CPUID answers some leaves differently from the KVM CPUID table the vCPU has "
             "(e.g. leaf 1 ECX/EDX: the hypervisor, x2APIC, TSC-deadline and HTT bits the kernel reports)"),
-    Pending(r"^C[AB] ", "RETF to a selector naming a TSS, a call gate or a task gate is refused (EmulationError) "
-            "instead of #GP(selector) (SDM RET, protected mode: \"#GP(selector) If the return code segment "
-            "selector ... points to a segment that is not a code segment\"; RET never goes through gates)",
-            when=lambda case, diffs: any("refused" in d for d in diffs)),
+    Pending(r"^C[ABF] ", "RETF/IRET to a selector naming a TSS, a call gate or a task gate is refused "
+            "(EmulationError) instead of #GP(selector) (SDM RET/IRET, protected mode: #GP(selector) if the "
+            "return code segment descriptor does not indicate a code segment; returns never go through "
+            "gates)",
+            when=lambda case, diffs: any("refused (far transfer through" in d for d in diffs)),
     Pending(r"^(FF /[35] .*\[mem\]|9A |EA )", "far CALL/JMP to a TSS or task-gate selector (a task switch) "
             "is refused; the CPU switches tasks or faults (#TS, #GP, #NP: SDM CALL/JMP \"TASK-GATE\"/"
-            "\"TASK-STATE-SEGMENT\" branches)", when=lambda case, diffs: any("refused" in d for d in diffs)),
+            "\"TASK-STATE-SEGMENT\" branches)",
+            when=lambda case, diffs: any("refused (far transfer through" in d for d in diffs)),
     Pending(r"^CF ", "IRET with EFLAGS.NT = 1 (task return) is refused; the CPU switches tasks or faults "
             "(here #TS: the TSS back link is null; SDM IRET: \"IF EFLAGS.NT = 1 THEN GOTO TASK-RETURN\")",
             when=lambda case, diffs: any("refused" in d and "NT set" in d for d in diffs)),
@@ -307,16 +317,17 @@ DEPARTURES: list[Departure] = [
               "kernel pushes with the stack-address size (../shared/PVM.md)."),
     Departure("kernel: real-mode delivery clears ESP[31:16]",
               lambda case, run, kernel: case.mode.real and case.state.gpr[4] >> 16 and _any_delivery(case, run, kernel),
-              "SDM INT n, real-address mode: \"Push (EFLAGS[15:0]); ... Push (CS); Push (IP)\" move SP only; "
-              "ESP[31:16] stays (the kernel clears it, ../shared/PVM.md)."),
+              "SDM INT n, real-address-mode operation: FLAGS, CS and IP are pushed as words through SP "
+              "(a 16-bit stack), so ESP[31:16] stays; the kernel clears it (../shared/PVM.md)."),
     Departure("kernel: protected-mode delivery ignores SS.base",
               lambda case, run, kernel: not case.mode.real and case.state.seg[SS].base and _any_delivery(case, run, kernel),
-              "SDM vol. 3, 6.12.1: with no privilege change \"the processor ... uses the stack of the "
-              "interrupted procedure\", SS:ESP; the kernel pushes at linear ESP (../shared/PVM.md)."),
+              "SDM vol. 3, 6.12.1: with no privilege change the handler uses the current stack, SS:ESP, "
+              "so the frame goes to SS.base + ESP; the kernel pushes at linear ESP (../shared/PVM.md)."),
     Departure("kernel: 286 gates push a 32-bit frame",
               lambda case, run, kernel: case.gate16 and _any_delivery(case, run, kernel),
-              "SDM vol. 3, 6.12.1: a 16-bit interrupt gate pushes 16-bit IP, CS and FLAGS (\"the stack "
-              "... of a 16-bit gate ... 16-bit values\"); the kernel pushes 32-bit ones (measured here)."),
+              "SDM vol. 3, 6.11 and 6.12.1: the gate's size (D) selects a 16- or 32-bit frame, so a 286 "
+              "(16-bit) interrupt gate pushes FLAGS, CS and IP as words; the kernel pushes dwords "
+              "(measured here)."),
     Departure("kernel: protected-mode delivery on a 16-bit stack uses ESP[31:16]",
               lambda case, run, kernel: (not case.mode.real and not case.state.seg[SS].db
                                          and case.state.gpr[4] >> 16
@@ -330,8 +341,8 @@ DEPARTURES: list[Departure] = [
     Departure("kernel: real-mode INT n with an operand-size prefix pushes a 32-bit frame",
               lambda case, run, kernel: case.mode.real and "66" in case.prefix.split()
               and set(case.form.mnemonics) & {"INT", "INT1", "INT3", "INTO"},
-              "SDM INT n, real-address mode: \"Push (EFLAGS[15:0]); ... Push (CS); Push (IP)\" whatever "
-              "the operand size; the kernel pushes EFLAGS, CS and EIP as dwords (measured here)."),
+              "SDM INT n, real-address-mode operation: FLAGS, CS and IP are pushed as words whatever the "
+              "operand size; the kernel pushes EFLAGS, CS and EIP as dwords (measured here)."),
     Departure("kernel: several MMIO accesses in one instruction",
               lambda case, run, kernel: sum(1 for e in run.io if e[0] == "mmio") > 1,
               "SDM: an instruction's memory accesses happen once each; under PVM's non-PVM-mode "
@@ -347,9 +358,9 @@ DEPARTURES: list[Departure] = [
     Departure("kernel: INS reads the port before a faulting store",
               lambda case, run, kernel: set(case.form.mnemonics) & {"INSB", "INSW", "INSD"}
               and _any_delivery(case, run, kernel),
-              "SDM vol. 3, 6.5: a fault is reported \"in such a way that the instruction can be restarted "
-              "with no loss of continuity\", so a faulting INS must not have consumed a port read; the "
-              "kernel reads the port, then faults on the store."),
+              "SDM vol. 3, 6.5: a fault \"allows the program to be restarted with no loss of continuity\", "
+              "so a faulting INS must not have consumed a port read; the kernel reads the port, then "
+              "faults on the store."),
     Departure("kernel: a faulting REPE/REPNE CMPS/SCAS restores EFLAGS of its last restart",
               lambda case, run, kernel: set(case.form.mnemonics) & {"CMPSB", "CMPSW", "CMPSD", "SCASB", "SCASW",
                                                                     "SCASD"}
@@ -361,22 +372,22 @@ DEPARTURES: list[Departure] = [
               ignore=lambda case, run: Ignore(flags=ARITH, memory=((run.deliveries[0][1], 2),))),
     Departure("kernel: accesses wrapping past 4 GiB do not fault",
               lambda case, run, kernel: _wraps_4gib(case),
-              "SDM vol. 3, 5.3: #GP (#SS) for \"a word at an offset greater than the (effective-limit - 1)"
-              "; a doubleword at an offset greater than the (effective-limit - 3)\", so with a 4-GiB "
-              "limit an access crossing 4 GiB faults; the kernel wraps it around to address 0."),
+              "SDM vol. 3, 5.3 (limit checking): #GP (#SS) for a word at an offset greater than the "
+              "effective limit - 1, a doubleword at one greater than the effective limit - 3, so with a "
+              "4 GiB limit an access crossing 4 GiB faults; the kernel wraps it around to address 0."),
     Departure("kernel: LTR/LLDT of an LDT selector push error code 0",
               lambda case, run, kernel: mnemonic(case.ins) in ("LTR", "LLDT") and run.deliveries
               and run.deliveries[0][0] == 13 and operand_value(case, 0) & 4,
-              "SDM LTR/LLDT: \"#GP(selector) If the source selector points to LDT\" (for LTR; LLDT: \"If the "
-              "selector operand does not point into the Global Descriptor Table\"), the error code being the "
+              "SDM LTR: \"#GP(selector) ... If the selector points to LDT or is beyond the GDT limit\" (LLDT: "
+              "likewise for a selector that does not point into the GDT), the error code holding the "
               "selector (vol. 3, 6.13); the kernel pushes 0.",
               ignore=lambda case, run: Ignore(memory=((run.deliveries[0][1] - 3 * run.deliveries[0][2],
                                                       run.deliveries[0][2]),))),
     Departure("kernel: reads the memory operand of a store-only or flush instruction",
               lambda case, run, kernel: mnemonic(case.ins) in ("SLDT", "STR", "SMSW", "CLFLUSH", "CLFLUSHOPT")
               and case.form.operands == "mem" and any(e[0] == "mmio" for e in kernel.io + run.io),
-              "SDM SLDT/STR/SMSW: \"DEST <- LDTR/TR/CR0[15:0]\" (a store), CLFLUSH \"is treated as a load\" only for "
-              "permission checks; the kernel reads the operand (visible on MMIO)."),
+              "SDM SLDT/STR/SMSW only store to their memory operand, and CLFLUSH(OPT) reads no data (it is "
+              "checked like a load); the kernel reads the operand first (visible on MMIO)."),
     Departure("kernel: real-mode stack accesses wrap at 64 KiB",
               lambda case, run, kernel: case.mode.real and (case.state.gpr[4] & 0xFFFF) in (1, 3, 5, 0xFFFF, 0xFFFD, 0xFFFB)
               and (first_vector(run) is not None or kernel.outcome == "shutdown" or _any_delivery(case, run, kernel)),
@@ -387,9 +398,9 @@ DEPARTURES: list[Departure] = [
     Departure("kernel: SLDT/STR/SMSW m16 with a 32-bit operand size write 4 bytes",
               lambda case, run, kernel: mnemonic(case.ins) in ("SLDT", "STR", "SMSW") and case.form.operands == "mem"
               and ("66" in case.prefix.split()) != (case.mode.code == 32),
-              "SDM SLDT/STR/SMSW: with a memory destination \"the operand size is ... 16 bits\" (\"SLDT m16\": "
-              "the operand-size attribute has no effect); the kernel checks and writes 4 bytes (measured: "
-              "#SS at the top of a 16-bit stack)."),
+              "SDM SLDT/STR/SMSW: with a memory destination the selector (or MSW) is stored as a 16-bit "
+              "quantity whatever the operand size; the kernel checks and writes 4 bytes (measured: #SS "
+              "at the top of a 16-bit stack)."),
     Departure("kernel: software interrupts in protected mode",
               lambda case, run, kernel: not case.mode.real and mnemonic(case.ins) in ("INT", "INT3", "INTO", "INT1"),
               "SDM INT n/INTO/INT3/INT1: delivery through the IDT gate like any interrupt; the kernel's "
@@ -488,7 +499,7 @@ def _frame_wraps(case: Case) -> bool:
 
 
 def _vex_space(case: Case) -> bool:
-    """C4/C5 with a register ModRM in protected mode: a VEX prefix (SDM vol. 2, 2.3.5)."""
+    """C4/C5 with a register ModRM in protected mode: a VEX prefix (SDM vol. 2, 2.3)."""
     code = case.code.lstrip(bytes((0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF2, 0xF3)))
     return not case.mode.real and len(code) > 1 and code[0] in (0xC4, 0xC5) and code[1] >= 0xC0
 
@@ -507,9 +518,9 @@ ORACLE_ERRATA: list[Erratum] = [
     Erratum("any", "executes an encoding the opcode map leaves undefined",
             lambda case, run, theirs, diffs: case.ins.code == X.Code.INVALID and first_vector(run) == 6
             and not theirs.outcome.startswith("exception"),
-            "SDM vol. 2, A.2.4 / UD: opcodes not defined in the opcode map raise #UD (iced-x86, built from "
-            "the SDM's and AMD's opcode maps, decodes nothing there: e.g. SWAPGS outside 64-bit mode, 66 0F "
-            "AE F8-FF); the oracle executes the bytes."),
+            "SDM vol. 2, appendix A: opcodes the opcode map leaves undefined or reserved raise #UD "
+            "(iced-x86, built from Intel's and AMD's maps, decodes nothing there: e.g. SWAPGS outside 64-bit "
+            "mode, 66 0F AE F8-FF); the oracle executes the bytes."),
     Erratum("unicorn", "unicorn: LTR of a null selector",
             lambda case, run, theirs, diffs: mnemonic(case.ins) == "LTR" and not operand_value(case, 0) & 0xFFFC
             and run.deliveries and run.deliveries[0][0] == 13,
@@ -517,12 +528,12 @@ ORACLE_ERRATA: list[Erratum] = [
             "null TR."),
     Erratum("unicorn", "unicorn: no data segment-limit checks",
             lambda case, run, theirs, diffs: _segment_violation(case, run),
-            "SDM vol. 2, every instruction's protected-mode exceptions: \"#GP(0) If a memory operand "
-            "effective address is outside the CS, DS, ES, FS, or GS segment limit. If the destination "
-            "operand is in a non-writable segment. If the DS, ES, FS, or GS register contains a NULL "
-            "segment selector\" (#SS(0) for SS; real mode: \"If any part of the operand lies outside the "
-            "effective address space from 0 to FFFFH\"); QEMU's TCG checks none of these on data accesses "
-            "nor the CS limit on fetches, so unicorn completes the instruction."),
+            "SDM vol. 2, the protected-mode exceptions of every memory instruction: \"#GP(0) If a memory "
+            "operand effective address is outside the CS, DS, ES, FS, or GS segment limit. If the "
+            "destination operand is in a non-writable segment. If the DS, ES, FS, or GS register is used "
+            "to access memory and it contains a NULL segment selector\" (\"#SS(0)\" for SS; in real mode "
+            "#GP/#SS for an operand beyond the 64 KiB limit); QEMU's TCG checks none of these on data "
+            "accesses, nor the CS limit on fetches, so unicorn completes the instruction."),
     Erratum("unicorn", "unicorn: VEX encodings with CR4.OSXSAVE = 0",
             lambda case, run, theirs, diffs: _vex_space(case) and first_vector(run) == 6
             and not case.state.cr4 & (1 << 18),
@@ -535,8 +546,9 @@ ORACLE_ERRATA: list[Erratum] = [
     Erratum("unicorn", "unicorn: RET imm16 sign-extends the immediate",
             lambda case, run, theirs, diffs: mnemonic(case.ins) in ("RET", "RETF") and case.ins.op_count == 1
             and case.ins.immediate(0) & 0x8000 and diffs and all(d.startswith("rsp") for d in diffs),
-            "SDM RET: \"ESP <- ESP + SRC\" (or SP) with SRC the 16-bit immediate, an unsigned count of bytes "
-            "to release; unicorn adds it sign-extended (0xba5f releases 0x45a1 bytes fewer than 64 KiB)."),
+            "SDM RET: the imm16 operand is the number of bytes to release, added to (E)SP after the pop "
+            "(an unsigned count); unicorn adds it sign-extended (0xba5f releases 0x45a1 bytes fewer than "
+            "64 KiB)."),
     Erratum("unicorn", "unicorn: MOV to CR4 with reserved bits",
             lambda case, run, theirs, diffs: mnemonic(case.ins) == "MOV" and case.ins.op0_register == X.Register.CR4
             and first_vector(run) == 13 and theirs.outcome == "done",
@@ -558,9 +570,9 @@ ORACLE_ERRATA: list[Erratum] = [
     Erratum("unicorn", "unicorn: far CALL pushes before it faults",
             lambda case, run, theirs, diffs: mnemonic(case.ins) == "CALL" and case.ins.is_call_far_indirect
             and first_vector(run) is not None and all(d.startswith("memory") for d in diffs),
-            "SDM CALL (far, same privilege): the target is checked (\"IF tempEIP not within code segment "
-            "limit THEN #GP(0)\", selector and descriptor checks) before \"Push(CS); Push(EIP)\", and a fault "
-            "leaves no partial effect (vol. 3, 6.5); unicorn has pushed the return address."),
+            "SDM CALL (far, same privilege): the selector, descriptor and target EIP are checked before "
+            "CS and EIP are pushed, and a fault leaves no partial effect (vol. 3, 6.5); unicorn has "
+            "pushed the return address."),
     Erratum("unicorn", "unicorn: F6/F7 /1 (TEST) is #UD",
             lambda case, run, theirs, diffs: mnemonic(case.ins) == "TEST" and case.form.group == 1
             and theirs.outcome == "exception 6",
@@ -569,7 +581,8 @@ ORACLE_ERRATA: list[Erratum] = [
             "unicorn raises #UD."),
     Erratum("unicorn", "unicorn: INT1 is #UD",
             lambda case, run, theirs, diffs: mnemonic(case.ins) == "INT1" and theirs.outcome == "exception 6",
-            "SDM INT1 (ICEBP, F1): \"generates a debug exception\" (#DB); unicorn raises #UD."),
+            "SDM INT1/INT3/INTO/INT n: INT1 (F1, ICEBP) raises a debug exception (#DB, vector 1); "
+            "unicorn raises #UD."),
     Erratum("unicorn", "unicorn: no stack-limit check while pushing an exception frame",
             lambda case, run, theirs, diffs: run.outcome == "shutdown" and theirs.outcome.startswith("exception")
             and _frame_wraps(case),
@@ -578,8 +591,8 @@ ORACLE_ERRATA: list[Erratum] = [
             "64 KiB wrap unchecked."),
     Erratum("unicorn", "unicorn: no CS-limit check on a branch target",
             lambda case, run, theirs, diffs: _branch_beyond_limit(case, run, theirs),
-            "SDM JMP/CALL/RET/IRET: \"#GP(0) If the ... instruction pointer is not within code segment "
-            "limits\" (real mode: \"If the target operand is beyond the code segment limits\"); unicorn "
+            "SDM JMP/CALL/RET/IRET: #GP(0) when the new instruction pointer is beyond the code segment "
+            "limit (real mode: \"If the target operand is beyond the code segment limits\"); unicorn "
             "branches there."),
 ]
 
@@ -682,7 +695,7 @@ class Sweep:
         if run.outcome == "refused":
             # Refusing is fine for what the emulator does not claim; for what it does (and for
             # the mod = 3 probes of forms it claims, such as C4/C5 in real mode), a CPU that
-            # raises #UD there makes the refusal a bug.
+            # raises an exception there (#UD, #GP, #TS, ...) makes the refusal a bug.
             if not (claims(case.ins) or (case.form.claimed and case.form.operands == "reg!")):
                 return Result(case, "refuse", note=run.message)
             oracle, vector = self._oracle_fault(case)

@@ -9,12 +9,19 @@ Forms
   (``o16``/``o32``, ``a16``/``a32``) are one form: the 66/67 prefixes pick among them. A form
   with a ModRM r/m operand that may be a register or memory becomes two forms (``reg``,
   ``mem``); a memory-only form also gets a ``reg!`` probe (mod = 3, which the CPU refuses
-  with #UD: LEA, LDS/LES, LGDT, ...). A form is *claimed* when one of its mnemonics has a
-  handler in ``pykvm/emulator/handlers.py::HANDLERS``.
+  with #UD: LEA, LDS/LES, LGDT, ...; kept only where iced decodes no other instruction
+  there, or a VEX prefix). A form is *claimed* when one of its mnemonics has a handler in
+  ``pykvm/emulator/handlers.py::HANDLERS`` (x87/MMX/SSE namesakes excepted: iced calls SSE2
+  MOVSD/CMPSD like the string instructions). Prefix variants: none, 66, 67, 66 67 (no 66
+  where it is the form's mandatory prefix or would select another form, "NP"), times
+  none/F3/F2 for the string instructions.
 
 Modes (``MODES``)
   real mode; 16-bit protected-mode code on a 16- or 32-bit stack (SS.B); 32-bit code on a
-  32- or 16-bit stack. CPL 0, paging off. Every mode has the same RAM layout:
+  32- or 16-bit stack. CPL 0, paging off. Data segments come from a GDT with flat, 64 KiB,
+  4 KiB, read-only, expand-down, not-present, DPL-3 and accessed-clear descriptors (and an
+  LDT); 16-bit code runs in a 64 KiB or a 4 GiB code segment. Every mode has the same RAM
+  layout:
 
   ============== ==================================================================
   0x0 - 0x3ff    IVT: vector v -> 0x1f00:v (real mode)
@@ -201,7 +208,7 @@ def claims(ins) -> bool:
     return ins.code != X.Code.INVALID and handled(X.OpCodeInfo(ins.code))
 
 
-def _key(info) -> tuple:
+def form_key(info) -> tuple:
     return (info.table, info.mandatory_prefix, info.op_code, info.op_code_len,
             info.group_index if info.is_group else -1)
 
@@ -220,7 +227,7 @@ def enumerate_forms() -> list[Form]:
         if (info.encoding != X.EncodingKind.LEGACY or not info.is_instruction or not (info.mode16 or info.mode32)
                 or info.decoder_option != X.DecoderOptions.NONE):
             continue
-        groups.setdefault(_key(info), []).append(info)
+        groups.setdefault(form_key(info), []).append(info)
     forms = []
     for key, infos in sorted(groups.items()):
         kinds = frozenset(_KIND_NAMES[i.op_kind(k)] for i in infos for k in range(i.op_count))
@@ -428,7 +435,7 @@ def _decodes_as(form: Form, ins) -> bool:
         # A #UD probe: iced finds no instruction there (or, for C4/C5 in 32-bit code, a VEX
         # prefix); a register form of another group member is that form's business.
         return ins.code == X.Code.INVALID or ins.encoding != X.EncodingKind.LEGACY
-    return ins.code != X.Code.INVALID and _key(X.OpCodeInfo(ins.code)) == form.key
+    return ins.code != X.Code.INVALID and form_key(X.OpCodeInfo(ins.code)) == form.key
 
 
 def _place(state: CpuState, ins, mode: Mode, rng: random.Random, code: bytes) -> bytes:

@@ -17,7 +17,7 @@ import pytest
 from pykvm.emulator.handlers import HANDLERS
 from tests.differential.harness import examples
 from tests.differential.sweep import FORMS, MODES, PENDING_PYKVM_FIXES, Sweep, run_sweep
-from tests.differential.sweep_cases import _key, make_case, prefixes_for
+from tests.differential.sweep_cases import form_key, make_case, prefixes_for
 
 SEED = int(os.environ.get("PYKVM_SWEEP_SEED", "0"))
 CLAIMED = [f for f in FORMS if f.claimed]
@@ -46,7 +46,7 @@ def test_cases_decode_to_their_form_and_sit_at_cs_eip(mode):
             ins = X.Decoder(MODES[mode].code, case.code).decode()
             assert ins.len == len(case.code), case.id
             if form.operands != "reg!":
-                assert _key(X.OpCodeInfo(ins.code)) == form.key, case.id
+                assert form_key(X.OpCodeInfo(ins.code)) == form.key, case.id
             assert (case.linear, case.code) == case.writes[-1], case.id
 
 
