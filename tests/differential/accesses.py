@@ -71,6 +71,7 @@ class Access:
     access: str
     implicit_stack: bool = False
     first: int = 0          # the offset of the first element (a REP range may run downwards)
+    address_bits: int = 32  # offsets wrap at 2**address_bits (16: SI/DI/BP/SP wrap at 64 KiB)
 
 
 def _signed(value: int, bits: int) -> int:
@@ -126,7 +127,7 @@ def memory_accesses(ins, state: CpuState, stack32: bool) -> list[Access]:
         if state.rflags & FLAG_DF and count > 1:
             offset = (offset - (count - 1) * size) % (1 << bits)     # the range runs downwards
         linear = (state.seg[segment].base + offset) & 0xFFFFFFFF
-        out.append(Access(segment, offset, linear, size * count, access, implicit, first))
+        out.append(Access(segment, offset, linear, size * count, access, implicit, first, bits))
     return out
 
 
