@@ -17,7 +17,12 @@ Layout
   ``flags.py``          the SDM's count-dependent undefined-flag rules of shifts/rotates
   ``paging_tables.py``  page tables for the paging snippets; ``protected_mode.py`` a GDT/IDT
                         setting for protected-mode fault snippets
+  ``sweep_cases.py``    the generated sweep's forms (from iced-x86's tables), modes and cases;
+  ``sweep.py``          running them on both oracles, and the tables of oracle departures,
+                        oracle errata and pending pykvm fixes (``test_sweep.py``,
+                        ``scripts/diff_sweep.py``)
 
-Run: ``.venv/bin/python -m pytest tests/differential -q`` (about 20 s). For a longer bug hunt
-multiply every hypothesis test's examples: ``PYKVM_DIFF_SCALE=10``.
+Run: ``.venv/bin/python -m pytest tests/differential -q`` (about 50 s, 20 of them the sweep).
+For a longer bug hunt multiply every hypothesis test's examples and the sweep's instances:
+``PYKVM_DIFF_SCALE=10``.
 """

@@ -39,6 +39,7 @@ for _i, _n in enumerate(("EAX", "ECX", "EDX", "EBX", "ESP", "EBP", "ESI", "EDI")
 _SEGMENT_REGS = {_R.ES: 0, _R.CS: 1, _R.SS: 2, _R.DS: 3, _R.FS: 4, _R.GS: 5}
 _STACK_BASES = {_R.SP: 4, _R.ESP: 4, _R.RSP: 4, _R.BP: 5, _R.EBP: 5, _R.RBP: 5}
 
+_BIT_TESTS = {X.Mnemonic.BT, X.Mnemonic.BTS, X.Mnemonic.BTR, X.Mnemonic.BTC}
 READ, WRITE, READ_WRITE = "r", "w", "rw"
 _ACCESS = {X.OpAccess.READ: READ, X.OpAccess.COND_READ: READ, X.OpAccess.WRITE: WRITE,
            X.OpAccess.COND_WRITE: "w?", X.OpAccess.READ_WRITE: READ_WRITE,
@@ -60,7 +61,8 @@ def memory_bytes(ms: int) -> int:
 @dataclass(frozen=True)
 class Access:
     """``size`` bytes at linear ``linear`` through segment register ``segment`` (ES..GS) at
-    ``offset``; ``access`` is READ, WRITE, READ_WRITE or "w?" (a conditional write)."""
+    ``offset`` (the lowest of a REP range); ``access`` is READ, WRITE, READ_WRITE or "w?" (a
+    conditional write)."""
 
     segment: int
     offset: int
@@ -68,6 +70,8 @@ class Access:
     size: int
     access: str
     implicit_stack: bool = False
+    first: int = 0          # the offset of the first element (a REP range may run downwards)
+    address_bits: int = 32  # offsets wrap at 2**address_bits (16: SI/DI/BP/SP wrap at 64 KiB)
 
 
 def _signed(value: int, bits: int) -> int:
@@ -108,14 +112,22 @@ def memory_accesses(ins, state: CpuState, stack32: bool) -> list[Access]:
             if m.index != _R.NONE:
                 offset += register_value(state, m.index) * m.scale
             offset %= 1 << bits
+        if not implicit and ins.mnemonic in _BIT_TESTS and ins.op1_kind == X.OpKind.REGISTER:
+            # BT/BTS/BTR/BTC m, r: the bit offset is signed and selects the operand-sized
+            # word at EA + size * (offset SAR log2(8 * size)) (SDM BT, "bit base").
+            width = 8 * size
+            bit = _signed(register_value(state, ins.op1_register), width)
+            offset = (offset + size * (bit >> (width.bit_length() - 1))) % (1 << bits)
         count = 1
         if ins.is_string_instruction and (ins.has_rep_prefix or ins.has_repe_prefix or ins.has_repne_prefix):
             count = state.gpr[1] & (0xFFFF if bits == 16 else 0xFFFFFFFF)
             if not count:
                 continue
-        start = offset - (count - 1) * size if state.rflags & FLAG_DF and count > 1 else offset
-        linear = (state.seg[segment].base + start) & 0xFFFFFFFF
-        out.append(Access(segment, offset, linear, size * count, access, implicit))
+        first = offset
+        if state.rflags & FLAG_DF and count > 1:
+            offset = (offset - (count - 1) * size) % (1 << bits)     # the range runs downwards
+        linear = (state.seg[segment].base + offset) & 0xFFFFFFFF
+        out.append(Access(segment, offset, linear, size * count, access, implicit, first, bits))
     return out
 
 

@@ -322,9 +322,12 @@ def differences(expected: Snapshot, actual: Snapshot, ignore: Ignore = Ignore())
         out.append(f"rflags: {expected.rflags:#x} != {actual.rflags:#x} "
                    f"(differing bits {(expected.rflags ^ actual.rflags) & ~flag_mask:#x})")
     for name, a, b in zip(SEGMENT_NAMES, expected.segments, actual.segments):
-        # None: a field the oracle cannot show (unicorn exposes selectors only).
+        # None: a field the oracle cannot show (unicorn exposes selectors only). A segment both
+        # sides hold unusable (a null selector: "marked invalid", SDM LLDT/MOV) has no
+        # meaningful base, limit or attributes left: its selector is all there is to compare.
+        unusable = a[-1] and b[-1]
         fields = ", ".join(f"{f} {x:#x} != {y:#x}" for f, x, y in zip(_SEGMENT_FIELDS, a, b)
-                           if x != y and x is not None and y is not None)
+                           if x != y and x is not None and y is not None and not (unusable and f != "selector"))
         if fields:
             out.append(f"{name}: {fields}")
     for name in ("gdt", "idt", "cr0", "cr2", "cr3", "cr4", "efer"):

@@ -137,7 +137,7 @@ class Tracker:
         self.gprs: dict[int, int] = {}
         self.tags: dict[int, int] = {}          # physical address -> undefined bits of that byte
         self._image_mask = 0
-        self._deliveries: list[int] = []
+        self.deliveries: list[tuple[int, int, int]] = []   # (vector, EFLAGS image linear, size), last step
         emulator.delivery_observer = self._delivered
 
     def result(self) -> Undefined:
@@ -145,17 +145,23 @@ class Tracker:
 
     # -- addresses ------------------------------------------------------------------------------
     def physical(self, linear: int) -> int | None:
+        """The physical address of ``linear`` (RAM, or MMIO past its end), None if unmapped."""
         st = self.emu.state
         if st.cr0 & CR0_PG and st.cr0 & CR0_PE:
             try:
-                linear = paging.walk(_NoWrites(self.memory), st.cr0, st.cr3, st.cr4, st.efer, linear).phys
+                return paging.walk(_NoWrites(self.memory), st.cr0, st.cr3, st.cr4, st.efer, linear).phys
             except paging.PageFault:
                 return None
-        return linear if 0 <= linear < self.memory.size else None
+        return linear
+
+    def _ram_byte(self, linear: int) -> int | None:
+        phys = self.physical(linear & 0xFFFFFFFF)
+        return self.memory.read(phys, 1)[0] if phys is not None and phys < self.memory.size else None
 
     def _chunks(self, linear: int, size: int):
-        """(offset in the range, physical address, length) of the pieces of linear
-        [linear, linear+size) that lie in RAM: one piece per page with paging on."""
+        """(offset in the range, physical address, length) of the mapped pieces of linear
+        [linear, linear+size): one piece per page with paging on. Addresses past RAM (MMIO)
+        are tagged too: what is written there is compared as port/MMIO traffic."""
         st = self.emu.state
         paged = st.cr0 & CR0_PG and st.cr0 & CR0_PE
         offset = 0
@@ -165,7 +171,7 @@ class Tracker:
             n = min(size - offset, room)
             phys = self.physical(lin)
             if phys is not None:
-                yield offset, phys, min(n, self.memory.size - phys)
+                yield offset, phys, n
             offset += n
 
     def _tag(self, linear: int, size: int, mask: int) -> None:
@@ -193,7 +199,7 @@ class Tracker:
         return found
 
     def _delivered(self, vector: int, linear: int, size: int) -> None:
-        self._deliveries.append(vector)
+        self.deliveries.append((vector, linear, size))
         self._tag(linear, size, self._image_mask)
 
     # -- stepping -------------------------------------------------------------------------------
@@ -204,12 +210,10 @@ class Tracker:
         cs = st.seg[CS]
         code = bytearray()
         for k in range(15):
-            if st.rip + k > cs.limit:
+            byte = self._ram_byte(cs.base + st.rip + k) if st.rip + k <= cs.limit else None
+            if byte is None:
                 break
-            phys = self.physical((cs.base + st.rip + k) & 0xFFFFFFFF)
-            if phys is None:
-                break
-            code += self.memory.read(phys, 1)
+            code.append(byte)
         ins = X.Decoder(bitness, bytes(code), ip=st.rip).decode()
         return None if ins.code == X.Code.INVALID else ins
 
@@ -218,7 +222,7 @@ class Tracker:
         ins = self.decode()
         if ins is None:
             self._image_mask = self.flags
-            self._deliveries.clear()
+            self.deliveries.clear()
             return self.emu.run(1)
         st = self.emu.state
         stack32 = self.emu.stack32
@@ -241,12 +245,12 @@ class Tracker:
         results = self._undefined_results(ins, st)
         tf = st.rflags & FLAG_TF
         self._image_mask = pre | post if tf else pre
-        self._deliveries.clear()
+        self.deliveries.clear()
         ran = self.emu.run(1)
-        if self._deliveries:
+        if self.deliveries:
             # A fault (or INT n) changed no arithmetic flag; a single-step trap came after
             # the instruction completed, so its flags (and the image) may be either.
-            trap = tf and 1 in self._deliveries
+            trap = tf and any(d[0] == 1 for d in self.deliveries)
             self.flags = pre | (post if trap else 0)
             if trap:
                 self._tag_results(results)
@@ -390,9 +394,8 @@ class Tracker:
         acc = [a for a in A.memory_accesses(ins, st, self.emu.stack32) if not a.implicit_stack][0]
         value = 0
         for k in range(acc.size):
-            phys = self.physical((acc.linear + k) & 0xFFFFFFFF)
-            byte = self.memory.read(phys, 1)[0] if phys is not None else 0xFF
-            value |= byte << (8 * k)
+            byte = self._ram_byte(acc.linear + k)
+            value |= (0xFF if byte is None else byte) << (8 * k)    # MMIO: taken as non-zero
         return value
 
 

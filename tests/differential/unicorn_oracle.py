@@ -32,36 +32,87 @@ MSR_EFER = 0xC0000080
 def run_unicorn(snippet: Snippet) -> Snapshot:
     """Run ``snippet`` on unicorn until ``hlt`` (or an exception) and snapshot the result."""
     state = snippet.initial_state()
-    mode = uc.UC_MODE_16 if snippet.bits == 16 else uc.UC_MODE_32
-    cpu = uc.Uc(uc.UC_ARCH_X86, mode)
+    ports = ScratchPorts()
+    cpu = UnicornCpu(real=snippet.bits == 16, ports=ports, port_range=(SCRATCH_PORT, SCRATCH_PORTS))
     with GuestMemory(MEMORY_SIZE) as memory:
         snippet.prepare(memory)
-        image = bytes(memory.view)
-    cpu.mem_map(0, MEMORY_SIZE)
-    cpu.mem_write(0, image)
-    _load_state(cpu, state)
-    ports = ScratchPorts()
-    _hook_ports(cpu, ports)
-    vectors = []
+        cpu.cpu.mem_write(0, bytes(memory.view))
+    outcome = cpu.run(state)
+    if outcome.startswith("unicorn stopped"):
+        raise AssertionError(outcome)
+    if outcome == "halted" and not _stopped_after_hlt(cpu.cpu):
+        raise AssertionError(f"runaway snippet under unicorn: eip={cpu.cpu.reg_read(X.UC_X86_REG_EIP):#x}")
+    return cpu.snapshot(outcome, ports.log)
 
-    def on_interrupt(cpu_, intno, _):
-        vectors.append(intno)
-        cpu_.emu_stop()
 
-    cpu.hook_add(uc.UC_HOOK_INTR, on_interrupt)
-    start = state.seg[1].base + state.rip
-    try:
-        # ``until`` = linear 0: an address every snippet maps and never executes. (A far
-        # ``until`` such as 2**32 makes unicorn translate it on exit when paging is on,
-        # which leaves a spurious CR2 = 0xffffffff behind.)
-        cpu.emu_start(start, 0, count=MAX_INSTRUCTIONS)
-    except uc.UcError as e:
-        if not vectors:
-            raise AssertionError(f"unicorn stopped: {e} at eip={cpu.reg_read(X.UC_X86_REG_EIP):#x}") from None
-    outcome = f"exception {vectors[0]}" if vectors else "halted"
-    if not vectors and not _stopped_after_hlt(cpu):
-        raise AssertionError(f"runaway snippet under unicorn: eip={cpu.reg_read(X.UC_X86_REG_EIP):#x}")
-    return _snapshot(cpu, outcome, ports.log)
+class UnicornCpu:
+    """One unicorn vCPU over MEMORY_SIZE bytes of RAM (its own, or a ``GuestMemory`` mapped
+    in place), reusable across runs. Ports in ``port_range`` go to ``ports`` (others read
+    as all-ones); ``mmio``, if given, is mapped over [RAM end, 4 GiB) with the same
+    ``read(offset, size)``/``write(offset, size, value)`` interface as a bus device."""
+
+    def __init__(self, real: bool, ports, port_range=(0, 0x10000), memory: GuestMemory | None = None,
+                 mmio=None, ram_size: int = MEMORY_SIZE):
+        self.real = real
+        self.ram_size = ram_size
+        self.cpu = cpu = uc.Uc(uc.UC_ARCH_X86, uc.UC_MODE_16 if real else uc.UC_MODE_32)
+        if memory is None:
+            cpu.mem_map(0, ram_size)
+        else:
+            cpu.mem_map_ptr(0, memory.size, uc.UC_PROT_ALL, memory.host_address)
+        if mmio is not None:
+            cpu.mmio_map(ram_size, (1 << 32) - ram_size,
+                         lambda cpu_, offset, size, _: mmio.read(offset, size), None,
+                         lambda cpu_, offset, size, value, _: mmio.write(offset, size, value), None)
+        _hook_ports(cpu, ports, *port_range)
+        self.vectors: list[int] = []
+        cpu.hook_add(uc.UC_HOOK_INTR, self._on_interrupt)
+        # Each run starts from this context: register writes alone do not clear everything a
+        # previous run left (an IRET into virtual-8086 mode keeps QEMU's cached mode flags).
+        self.pristine = cpu.context_save()
+
+    def _on_interrupt(self, cpu, intno, _):
+        self.vectors.append(intno)
+        cpu.emu_stop()
+
+    def run(self, state: CpuState, count: int = MAX_INSTRUCTIONS, until: int = 0) -> str:
+        """Load ``state`` and run ``count`` instructions (or up to linear ``until``); returns
+        the outcome: "halted", "exception <vector>" (#UD included) or "unicorn stopped: <error>"."""
+        cpu = self.cpu
+        cpu.ctl_flush_tb()
+        cpu.context_restore(self.pristine)
+        # Writing a selector makes QEMU load the segment, which sets the descriptor's accessed
+        # bit in memory: the tables are put back as they were, so only the run can change them.
+        tables = [(t.base, t.limit + 1) for t in (state.gdt, state.seg[6]) if t.base + t.limit < self.ram_size]
+        saved = [(base, bytes(cpu.mem_read(base, size))) for base, size in tables]
+        try:
+            _load_state(cpu, state)
+        except uc.UcError as e:
+            return f"unicorn stopped: cannot load the state ({e})"
+        for base, data in saved:
+            cpu.mem_write(base, data)
+        # The x87 state the other runners start from (KVM's vCPU reset, FNINIT): unicorn's is 0.
+        cpu.reg_write(X.UC_X86_REG_FPCW, 0x37F)
+        cpu.reg_write(X.UC_X86_REG_FPSW, 0)
+        self.vectors.clear()
+        # ``until`` = linear 0 by default: an address every snippet maps and never executes.
+        # (A far ``until`` such as 2**32 makes unicorn translate it on exit when paging is
+        # on, which leaves a spurious CR2 = 0xffffffff behind.)
+        # unicorn sets EIP from the start address: minus selector * 16 for a UC_MODE_16 CPU,
+        # as is for a UC_MODE_32 one (whatever CS.base); ``until`` is linear either way.
+        begin = state.seg[1].base + state.rip if self.real else state.rip
+        try:
+            cpu.emu_start(begin, until, count=count)
+        except uc.UcError as e:
+            if e.errno == uc.UC_ERR_INSN_INVALID and not self.vectors:
+                return "exception 6"     # unicorn reports #UD this way, not through the hook
+            if not self.vectors:
+                return f"unicorn stopped: {e} at eip={cpu.reg_read(X.UC_X86_REG_EIP):#x}"
+        return f"exception {self.vectors[0]}" if self.vectors else "halted"
+
+    def snapshot(self, outcome: str, io_log, memory=None) -> Snapshot:
+        """The state now; ``memory`` (an object with ``view``), if given, stands for RAM."""
+        return _snapshot(self.cpu, outcome, io_log, memory)
 
 
 def _load_state(cpu, state: CpuState) -> None:
@@ -75,20 +126,24 @@ def _load_state(cpu, state: CpuState) -> None:
     cpu.reg_write(X.UC_X86_REG_CR4, state.cr4)
     cpu.reg_write(X.UC_X86_REG_CR3, state.cr3)
     cpu.reg_write(X.UC_X86_REG_CR0, state.cr0)
+    ldtr = state.seg[6]
+    # QEMU's descriptor flags: type in bits 8-11, P in bit 15 (an LDT descriptor is S = 0).
+    present = 0 if ldtr.unusable else ldtr.present
+    cpu.reg_write(X.UC_X86_REG_LDTR, (ldtr.selector, ldtr.base, ldtr.limit, ldtr.type << 8 | present << 15))
     for i, reg in enumerate(_SEGS[:6]):
         cpu.reg_write(reg, state.seg[i].selector)
     cpu.reg_write(X.UC_X86_REG_EIP, state.rip)
 
 
-def _hook_ports(cpu, ports: ScratchPorts) -> None:
+def _hook_ports(cpu, ports, first: int, count: int) -> None:
     def port_in(cpu_, port, size, _):
-        if SCRATCH_PORT <= port < SCRATCH_PORT + SCRATCH_PORTS:
-            return ports.read(port - SCRATCH_PORT, size)
+        if first <= port < first + count:
+            return ports.read(port - first, size)
         return (1 << (8 * size)) - 1
 
     def port_out(cpu_, port, size, value, _):
-        if SCRATCH_PORT <= port < SCRATCH_PORT + SCRATCH_PORTS:
-            ports.write(port - SCRATCH_PORT, size, value)
+        if first <= port < first + count:
+            ports.write(port - first, size, value)
 
     cpu.hook_add(uc.UC_HOOK_INSN, port_in, None, 1, 0, X.UC_X86_INS_IN)
     cpu.hook_add(uc.UC_HOOK_INSN, port_out, None, 1, 0, X.UC_X86_INS_OUT)
@@ -118,7 +173,7 @@ def _selector(value) -> int:
     return value[0] if isinstance(value, tuple) else value
 
 
-def _snapshot(cpu, outcome: str, io_log) -> Snapshot:
+def _snapshot(cpu, outcome: str, io_log, memory=None) -> Snapshot:
     gdtr, idtr = cpu.reg_read(X.UC_X86_REG_GDTR), cpu.reg_read(X.UC_X86_REG_IDTR)
     segments = tuple((_selector(cpu.reg_read(reg)),) + (None,) * 11 for reg in _SEGS)
     return Snapshot(outcome=outcome, gpr=tuple(cpu.reg_read(r) for r in _GPRS),
@@ -126,7 +181,8 @@ def _snapshot(cpu, outcome: str, io_log) -> Snapshot:
                     segments=segments, gdt=(gdtr[1], gdtr[2]), idt=(idtr[1], idtr[2]),
                     cr0=cpu.reg_read(X.UC_X86_REG_CR0), cr2=cpu.reg_read(X.UC_X86_REG_CR2), cr3=cpu.reg_read(X.UC_X86_REG_CR3),
                     cr4=cpu.reg_read(X.UC_X86_REG_CR4), efer=cpu.msr_read(MSR_EFER),
-                    memory=bytes(cpu.mem_read(0, MEMORY_SIZE)), io=tuple(io_log))
+                    memory=bytes(memory.view) if memory is not None else bytes(cpu.mem_read(0, MEMORY_SIZE)),
+                    io=tuple(io_log))
 
 
 def check_unicorn(snippet: Snippet, ignore: Ignore = Ignore()) -> Snapshot:
