@@ -26,7 +26,7 @@ from pykvm.errors import EmulationError, GuestShutdownError, HostError
 from pykvm.kvm import Kvm
 from pykvm.kvm.cpu_state import SYNCED_MSRS, load_state, state_from_kvm, store_state
 from pykvm.kvm.exits import IO_HEADER, IO_HEADER_OFFSET, IO_STRUCTS, ExitReason
-from pykvm.kvm.vcpu import SYNC_CS_L_BYTE, SYNC_EFER_LMA_BYTE
+from pykvm.kvm.vcpu import SYNC_CS_L_BYTE, SYNC_EFER_LMA_BYTE, MsrBackend
 from pykvm.platform import PcPlatform
 from pykvm.x86.bits import CR0_PE, CR0_PG, EFER_LMA, FLAG_IF
 
@@ -142,6 +142,7 @@ class Machine:
             emulator.interrupt_controller = self.platform
             emulator.intr_pending = self.platform.intr
             emulator.events = self.events
+            emulator.msr_backend = MsrBackend(self.vcpu)
         return self._emulator
 
     def _intr_changed(self, level: bool) -> None:

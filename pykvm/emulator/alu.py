@@ -253,3 +253,30 @@ def aaa(ax, lf, sub):
         ax &= 0xFF0F
         return ax, (KNOWN, 0, 0, (f & ~(CF | AF)) | CF | AF)
     return ax & 0xFF0F, (KNOWN, 0, 0, f & ~(CF | AF))
+
+
+def _crc32c_table() -> tuple:
+    poly = 0x82F63B78          # CRC-32C (Castagnoli), bit-reflected, as the CRC32 instruction uses
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ (poly if c & 1 else 0)
+        table.append(c)
+    return tuple(table)
+
+
+CRC32C = _crc32c_table()
+
+
+def crc32c(crc: int, value: int, size: int) -> int:
+    """CRC32 r32, r/m: accumulate the ``size`` bytes of ``value`` (least significant first)."""
+    for _ in range(size):
+        crc = CRC32C[(crc ^ value) & 0xFF] ^ (crc >> 8)
+        value >>= 8
+    return crc
+
+
+def popcnt_flags(source: int):
+    """Flags after POPCNT: ZF = the source was 0; OF, SF, AF, CF, PF cleared."""
+    return (KNOWN, 0, 0, 0 if source else ZF)

@@ -53,6 +53,9 @@ class Emulator(SystemOps):
         self.cpuid = cpuid or default_cpuid
         self.features = FeatureCheck(self.cpuid)
         self._cr4_valid = None     # CR4 bits this CPUID allows, computed on the first CR4 write
+        # Where MSRs outside the emulator's own live (``read(index) -> int | None``,
+        # ``write(index, value) -> bool``): the vCPU, so the emulator has exactly KVM's MSRs.
+        self.msr_backend = None
         self.R = state.gpr
         self.mmu = Mmu(state, memory, bus, self._on_code_write)
         self.lf = (0, 0, 0, state.rflags & ARITH)

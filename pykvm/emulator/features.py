@@ -82,9 +82,15 @@ def feature_present(cpuid, feature: int) -> bool:
     return bool(cpuid(leaf, subleaf)[reg] >> bit & 1)
 
 
-# Encodings that mean another instruction where the feature is absent: F3 0F BC/BD are BSF/BSR
-# with an ignored prefix on processors without BMI1/LZCNT (their handlers choose).
-FALLS_BACK = frozenset((X.Mnemonic.TZCNT, X.Mnemonic.LZCNT))
+# Encodings that mean another instruction where their feature is absent (the prefix that makes
+# them new is ignored by older processors): F3 0F BC/BD are BSF/BSR without BMI1/LZCNT, and
+# F3 0F 09 is WBINVD without WBNOINVD. Their handlers choose with ``falls_back``.
+FALLS_BACK = {X.Mnemonic.TZCNT: F.BMI1, X.Mnemonic.LZCNT: F.LZCNT, X.Mnemonic.WBNOINVD: F.WBNOINVD}
+
+
+def falls_back(cpuid, mnemonic: int) -> bool:
+    """Whether ``mnemonic`` (one of ``FALLS_BACK``) runs as its older instruction with ``cpuid``."""
+    return not feature_present(cpuid, FALLS_BACK[mnemonic])
 
 
 class FeatureCheck:

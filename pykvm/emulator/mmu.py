@@ -318,6 +318,14 @@ class Mmu:
             else:
                 wr_slow(s, off, size, v)
 
+        def check_read(s, off, size):
+            """Probe an access checked like a load that reads nothing (CLFLUSH): segment limit
+            and page walk, so it faults where a load would."""
+            if off < slo[s] or off + size - 1 > rhi[s]:
+                raise mmu.seg_fault(s, off, size, False)
+            if mmu.paging:
+                translate((sbase[s] + off) & 0xFFFFFFFF, PF_USER if mmu.user else 0)
+
         def check_write(s, off, size):
             """Probe that a later write of ``size`` bytes cannot fault (for multi-write instructions)."""
             if off < slo[s] or off + size - 1 > whi[s]:
@@ -336,6 +344,7 @@ class Mmu:
         self.rd1, self.rd2, self.rd4 = rd1, rd2, rd4
         self.wr1, self.wr2, self.wr4 = wr1, wr2, wr4
         self.rdn, self.wrn = rdn, wrn
+        self.check_read = check_read
         self.check_write = check_write
         self.phys_read = _phys_read
         self.phys_write = _phys_write

@@ -1,5 +1,10 @@
 """The MSRs the emulator models beyond EFER, APIC_BASE and the TSC, and what a WRMSR may write.
 
+Which MSRs exist is the vCPU's business: with a backend (the Machine gives the emulator its
+vCPU, reached through KVM_GET_MSRS / KVM_SET_MSRS), every MSR outside ``OWN`` is read and
+written there, so the emulator knows exactly the MSRs KVM implements. Without one (the
+emulator on its own, in tests), ``PLAIN`` is the stand-alone table.
+
 A value a CPU would refuse raises #GP(0), following the SDM and what KVM checks for the same
 MSRs (so a guest sees the same processor on both sides of the PVM conversion): canonical
 addresses in the base and entry-point MSRs, memory types in PAT and the MTRRs, no bits at or
@@ -18,6 +23,26 @@ MTRR_DEF_TYPE = 0x2FF
 MTRR_PHYS_FIRST, MTRR_PHYS_LAST = 0x200, 0x20F          # eight base/mask pairs (MTRRcap.VCNT = 8)
 MTRR_FIXED = frozenset((0x250, 0x258, 0x259, *range(0x268, 0x270)))
 
+# MSRs the emulator keeps itself even when it has a backend: what its instructions use
+# (SYSENTER, the segment bases, RDTSCP) and what moves with the vCPU state at a conversion.
+OWN = frozenset({
+    B.MSR_IA32_SYSENTER_CS, B.MSR_IA32_SYSENTER_ESP, B.MSR_IA32_SYSENTER_EIP, B.MSR_IA32_PAT,
+    B.MSR_STAR, B.MSR_LSTAR, B.MSR_CSTAR, B.MSR_SYSCALL_MASK, B.MSR_FS_BASE, B.MSR_GS_BASE,
+    B.MSR_KERNEL_GS_BASE, B.MSR_TSC_AUX,
+})
+
+# Through the backend the emulator's writes are KVM_SET_MSRS, i.e. host-initiated, which KVM
+# treats differently for a few MSRs: these the guest may only read (WRMSR is #GP), and a guest
+# write of the microcode revision is dropped, not stored.
+GUEST_READ_ONLY = frozenset({
+    0x34,        # MSR_SMI_COUNT
+    0xCE,        # MSR_PLATFORM_INFO
+    0x10A,       # IA32_ARCH_CAPABILITIES
+    0x345,       # IA32_PERF_CAPABILITIES
+})
+GUEST_WRITE_IGNORED = frozenset({0x8B})     # IA32_BIOS_SIGN_ID / microcode revision
+
+# Without a backend, the emulator models these too (what boot code reads and writes).
 PLAIN = frozenset({
     B.MSR_IA32_SYSENTER_CS, B.MSR_IA32_SYSENTER_ESP, B.MSR_IA32_SYSENTER_EIP, B.MSR_IA32_MISC_ENABLE,
     B.MSR_IA32_PAT, B.MSR_STAR, B.MSR_LSTAR, B.MSR_CSTAR, B.MSR_SYSCALL_MASK, B.MSR_FS_BASE,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import iced_x86 as X
 
 from pykvm.emulator.codegen import Invalid, MASKS, MNEMONIC_NAMES, REG_INFO, SEG_INDEX, SIGNS, handler_table
+from pykvm.emulator.features import falls_back
 from pykvm.emulator.flags import OP_ADD, OP_DEC, OP_INC, OP_RES, OP_SUB
 
 M = X.Mnemonic
@@ -284,14 +285,10 @@ def _bsf(g, fn: str | None = None):
 
 # TZCNT/LZCNT (F3 0F BC/BD) where CPUID offers BMI1 / LZCNT; elsewhere the F3 prefix is ignored
 # and they run as BSF/BSR, as on the processors without them (GCC emits ``rep bsf`` for ctz).
-_COUNT_FEATURE = {M.TZCNT: (7, 0, 1, 3), M.LZCNT: (0x80000001, 0, 2, 5)}   # leaf, subleaf, reg, bit
-
-
 @handles(M.TZCNT, M.LZCNT)
 def _tzcnt(g):
     mn = g.ins.mnemonic
-    leaf, subleaf, reg, bit = _COUNT_FEATURE[mn]
-    if not g.ctx.emu.cpuid(leaf, subleaf)[reg] >> bit & 1:
+    if falls_back(g.ctx.emu.cpuid, mn):
         return _bsf(g, "bsf" if mn == M.TZCNT else "bsr")
     d = g.op(0)
     bits = d.size * 8
@@ -302,6 +299,22 @@ def _tzcnt(g):
         g.emit(f"r = {bits} - b.bit_length()")
     d.write("r")
     g.emit("E.lf = count_flags(E.lf, not b, not r)")
+
+
+@handles(M.POPCNT)
+def _popcnt(g):
+    d = g.op(0)
+    g.emit(f"b = {g.op(1, d.size).read()}")
+    d.write("b.bit_count()")
+    g.emit("E.lf = popcnt_flags(b)")
+
+
+@handles(M.CRC32)
+def _crc32(g):
+    d = g.op(0)
+    s = g.op(1)
+    g.emit(f"c = crc32c(R[{g.k(d.reg)}], {s.read()}, {s.size})")
+    d.write("c")
 
 
 # -- SETcc / CMOVcc -----------------------------------------------------------------------------

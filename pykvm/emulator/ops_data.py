@@ -72,6 +72,22 @@ def _mov_to_sreg(g, i: int):
         g.emit(f"return {g.k(g.next_eip)}")
 
 
+@handles(M.MOVNTI)
+def _movnti(g):
+    """MOVNTI: a store with a non-temporal hint, which changes nothing here."""
+    d = g.op(0)
+    d.write(g.op(1, d.size).read())
+
+
+@handles(M.MOVBE)
+def _movbe(g):
+    """MOVBE: a load or store with the bytes swapped."""
+    d = g.op(0)
+    size = d.size
+    g.emit(f"v = int.from_bytes(({g.op(1, size).read()}).to_bytes({size}, 'little'), 'big')")
+    d.write("v")
+
+
 @handles(M.MOVZX)
 def _movzx(g):
     d = g.op(0)
@@ -109,7 +125,14 @@ def _xchg(g):
     a.write("y")
 
 
-@handles(M.NOP, M.PAUSE, M.LFENCE, M.MFENCE, M.SFENCE, M.CLFLUSH, M.CLFLUSHOPT, M.CLWB,
+@handles(M.CLFLUSH, M.CLFLUSHOPT, M.CLWB)
+def _clflush(g):
+    """Cache-line flushes: nothing to flush here, but the operand is checked like a byte load
+    (SDM CLFLUSH: #GP beyond the segment limit, #PF for a page fault)."""
+    g.emit(f"M.check_read({g.k(SEG_INDEX[g.ins.memory_segment])}, {g.ea_expr()}, 1)")
+
+
+@handles(M.NOP, M.PAUSE, M.LFENCE, M.MFENCE, M.SFENCE,
          # The hint space (0F 0D, 0F 18-1F): prefetches, reserved NOPs, and what CPUs without the
          # feature (or with it disabled, as CET always is here) execute as NOPs. None of them
          # touches its memory operand, so none can fault.

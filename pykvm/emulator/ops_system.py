@@ -228,8 +228,9 @@ def _invlpg(g):
     g.emit("E.require_cpl0()", "E.flush_tlb()", f"return {g.k(g.next_eip)}")
 
 
-@handles(M.WBINVD, M.INVD)
+@handles(M.WBINVD, M.INVD, M.WBNOINVD)
 def _wbinvd(g):
+    # WBNOINVD is WBINVD (F3 ignored) where CPUID does not offer it; either way a no-op here.
     g.emit("E.require_cpl0()")
 
 

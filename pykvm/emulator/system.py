@@ -326,9 +326,13 @@ class SystemOps:
             return st.seg[4].base
         if index == B.MSR_GS_BASE:
             return st.seg[5].base
-        if index in msrs.PLAIN or index in msrs.READ_ONLY:
+        backend = self.msr_backend
+        if index in msrs.OWN or (backend is None and (index in msrs.PLAIN or index in msrs.READ_ONLY)):
             return st.msrs.get(index, msrs.DEFAULTS.get(index, 0))
-        raise CpuFault(B.EXC_GP, 0)
+        value = backend.read(index) if backend is not None else None
+        if value is None:
+            raise CpuFault(B.EXC_GP, 0)
+        return value
 
     def wrmsr(self, index: int, value: int) -> None:
         self.require_cpl0()
@@ -339,14 +343,20 @@ class SystemOps:
         elif index == B.MSR_IA32_APIC_BASE:
             st.apic_base = msrs.checked_apic_base(st.apic_base, value, self.cpuid)
         elif index == B.MSR_IA32_TSC:
-            self.tsc_offset = value - time.monotonic_ns()
-        elif index in msrs.PLAIN:
+            if self.msr_backend is None or not self.msr_backend.write(index, value):
+                self.tsc_offset = value - time.monotonic_ns()
+        elif index in msrs.OWN or (self.msr_backend is None and index in msrs.PLAIN):
             value = msrs.checked_value(index, value, self.cpuid)
             if index in (B.MSR_FS_BASE, B.MSR_GS_BASE):
                 seg = st.seg[4 if index == B.MSR_FS_BASE else 5]
                 seg.base = value
             st.msrs[index] = value
-        else:
+        elif self.msr_backend is None or index in msrs.GUEST_READ_ONLY:
+            raise CpuFault(B.EXC_GP, 0)
+        elif index in msrs.GUEST_WRITE_IGNORED:
+            if self.msr_backend.read(index) is None:
+                raise CpuFault(B.EXC_GP, 0)
+        elif not self.msr_backend.write(index, value):
             raise CpuFault(B.EXC_GP, 0)
         self.mode_changed()
         self.stop = True
@@ -368,6 +378,12 @@ class SystemOps:
         return cpuid_tables.runtime_view(self.cpuid(leaf, subleaf), leaf, subleaf, st.cr4, st.apic_base)
 
     def rdtsc(self) -> int:
+        """The vCPU's time-stamp counter: KVM's (through the MSR backend), so it does not jump
+        when the guest moves between the emulator and PVM mode; a nanosecond clock without one."""
         if self.state.cr4 & B.CR4_TSD and not self.real and self.state.cpl != 0:
             raise CpuFault(B.EXC_GP, 0)
+        if self.msr_backend is not None:
+            tsc = self.msr_backend.read(B.MSR_IA32_TSC)
+            if tsc is not None:
+                return tsc
         return (time.monotonic_ns() + self.tsc_offset) & 0xFFFFFFFFFFFFFFFF

@@ -102,11 +102,11 @@ def _read_phys(emu, phys: int, n: int):
 
 
 _X87 = frozenset((F.FPU, F.FPU287, F.FPU387, F.FXSR))
-_SSE = frozenset((F.SSE, F.SSE2, F.SSE3, F.SSSE3, F.SSE4_1, F.SSE4_2, F.SSE4A, F.AES, F.PCLMULQDQ, F.SHA,
-                  F.GFNI))
 _XSAVE = frozenset((F.XSAVE, F.XSAVEOPT, F.XSAVEC, F.XSAVES))
 _VEX_GPR = frozenset((F.BMI1, F.BMI2))         # VEX-encoded instructions on general registers
 _MMX_REGISTERS = range(X.Register.MM0, X.Register.MM7 + 1)
+_VECTOR_REGISTERS = range(X.Register.XMM0, X.Register.ZMM31 + 1)
+_MXCSR = frozenset((X.Mnemonic.LDMXCSR, X.Mnemonic.STMXCSR))
 
 
 def _unimplemented(emu, ins, error: EmulationError):
@@ -117,10 +117,12 @@ def _unimplemented(emu, ins, error: EmulationError):
     XCR0 keeps its reset value (x87 only) in the emulator, since XSETBV is not emulated, so
     AVX-class (VEX/EVEX vector) instructions always raise #UD here."""
     features = set(ins.cpuid_features())
-    mmx = any(ins.op_kind(i) == X.OpKind.REGISTER and ins.op_register(i) in _MMX_REGISTERS
-              for i in range(ins.op_count))
+    registers = [ins.op_register(i) for i in range(ins.op_count) if ins.op_kind(i) == X.OpKind.REGISTER]
+    mmx = any(r in _MMX_REGISTERS for r in registers)
     x87 = bool(features & _X87)
-    sse = not mmx and bool(features & _SSE)
+    # SSE state: XMM operands or MXCSR (not the SSE-era instructions on general registers, such
+    # as MOVNTI or CRC32, which CR4.OSFXSR does not gate).
+    sse = not mmx and (any(r in _VECTOR_REGISTERS for r in registers) or ins.mnemonic in _MXCSR)
     avx = ins.encoding in (X.EncodingKind.VEX, X.EncodingKind.EVEX) and not features <= _VEX_GPR
     xsave = bool(features & _XSAVE)
     st = emu.state

@@ -146,6 +146,14 @@ class Vcpu:
         n = ioctl(self.fd, K.KVM_GET_MSRS, msrs, "KVM_GET_MSRS")
         return {msrs.entries[i].index: msrs.entries[i].data for i in range(n)}
 
+    def try_set_msr(self, index: int, value: int) -> bool:
+        """Write one MSR; whether KVM accepted it (an unknown MSR or a bad value is refused)."""
+        msrs = self._msrs
+        msrs.entries[0].index = index
+        msrs.entries[0].data = value & 0xFFFFFFFFFFFFFFFF
+        msrs.nmsrs = 1
+        return ioctl(self.fd, K.KVM_SET_MSRS, msrs, "KVM_SET_MSRS") == 1
+
     def set_msrs(self, values: dict[int, int]) -> None:
         """Write MSRs; all must be accepted, else ``KvmIoctlError`` names the first refused one."""
         if len(values) > _MAX_MSRS:
@@ -239,3 +247,18 @@ class Vcpu:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class MsrBackend:
+    """A vCPU's MSRs as the userspace emulator's backend for the MSRs it does not keep itself:
+    ``read(index) -> value | None`` and ``write(index, value) -> accepted``, so the emulator
+    implements exactly the MSRs KVM does (KVM_GET_MSRS / KVM_SET_MSRS)."""
+
+    def __init__(self, vcpu: Vcpu):
+        self.vcpu = vcpu
+
+    def read(self, index: int) -> int | None:
+        return self.vcpu.get_msrs((index,)).get(index)
+
+    def write(self, index: int, value: int) -> bool:
+        return self.vcpu.try_set_msr(index, value)

@@ -19,6 +19,9 @@ ARITH = CF | PF | AF | ZF | SF | OF
 MUL = SF | ZF | AF | PF
 # BT/BTS/BTR/BTC: "The ZF flag is unaffected. The OF, SF, AF, and PF flags are undefined."
 BT = OF | SF | AF | PF
+# BSF/BSR: "The ZF flag is set to 1 if the source operand is 0; otherwise, the ZF flag is
+# cleared. The CF, OF, SF, AF, and PF flags are undefined."
+BSF = CF | OF | SF | AF | PF
 
 
 def shift(op: str, count: int, width: int) -> int:

@@ -35,7 +35,7 @@ the refusal a difference); ``differ``; ``pending`` (a difference matching
 (a difference an ``ORACLE_ERRATA`` entry attributes to the oracle, quoting the SDM);
 ``no oracle`` (neither oracle could run it, e.g. a branch out of RAM); ``crash`` (the emulator
 raised something else). Flags and values the SDM leaves undefined are never compared (the
-tracker); ``NONDETERMINISTIC`` names the outputs that differ between any two runs (the TSC).
+tracker); ``nondeterministic`` names the outputs that differ between any two runs (the TSC).
 The three tables are separate on purpose: ``DEPARTURES`` and ``ORACLE_ERRATA`` say an oracle
 is wrong (and why, by the SDM), ``PENDING_PYKVM_FIXES`` says pykvm is.
 
@@ -63,10 +63,13 @@ import iced_x86 as X
 
 from pykvm.devices.bus import Bus
 from pykvm.emulator import Emulator, TripleFault
+from pykvm.emulator.features import BASE as BASE_FEATURES
+from pykvm.emulator.features import HINTS as HINT_FEATURES
 from pykvm.errors import EmulationError
 from pykvm.kvm._ffi import ffi
 from pykvm.kvm.cpu_state import SYNCED_MSRS, load_state, store_state
 from pykvm.kvm.exits import ExitReason
+from pykvm.kvm.vcpu import MsrBackend
 from pykvm.memory import GuestMemory
 from pykvm.x86.bits import FLAG_RF, FLAG_TF
 from pykvm.x86.descriptors import decode_descriptor
@@ -178,61 +181,14 @@ class Pending:
 
 # The lead empties this list as fixes land; each entry is one bug (see the report for examples).
 PENDING_PYKVM_FIXES: list[Pending] = [
-    Pending(".", "16-bit code: falling through past offset 0xffff wraps IP to 0 (the CPU goes on at "
-            "EIP 0x10000: #GP past a 64 KiB CS limit, the next byte with a bigger one; likewise after a "
-            "far transfer to EIP > 0xffff in a 16-bit segment with a big limit)",
-            when=lambda case, diffs: (case.mode.code == 16 and case.state.rip + len(case.code) >= 0xFFFF)
-            or any(_truncated_rip(d) for d in diffs)),
-    Pending(r"^(E8|E9|C2|C3|0F 8.|FF /[24]) ", "near JMP/CALL/Jcc/RET with a 32-bit operand size in 16-bit "
-            "code: the target EIP is truncated to 16 bits (JMP/CALL/Jcc) or not checked against the CS limit "
-            "(RET) (SDM: tempEIP is 32 bits; \"IF tempEIP is not within code segment limit THEN #GP(0)\")",
-            modes=("real", "pm16-s16", "pm16-s32"), when=lambda case, diffs: "66" in case.prefix.split()),
-    Pending(r"^0F 00 /[0-3] ", "SLDT/STR/LLDT/LTR run in real mode (SDM: \"#UD The SLDT instruction is not "
-            "recognized in real-address mode\", likewise STR, LLDT, LTR)", modes=("real",)),
-    Pending(r"^C9 ", "LEAVE pops (E)BP with the stack-address size instead of the operand size (SDM LEAVE: "
-            "\"IF OperandSize = 32 THEN EBP <- Pop(); ELSE BP <- Pop()\")"),
-    Pending(r"^C8 ", "ENTER writes the frame pointer by operand size instead of stack size (SDM ENTER: \"The "
-            "stack-size attribute determines whether the BP (16 bits) or EBP (32 bits) register specifies "
-            "the current frame pointer\")"),
-    Pending(r"^CF ", "IRET in real mode loads the reserved FLAGS bits 3 and 5 from the stack (SDM vol. 1, 3.4.3: "
-            "bits 3, 5 and 15 are reserved, read as 0)", modes=("real",),
-            when=lambda case, diffs: all(d.startswith("rflags") for d in diffs)),
-    Pending(r"^(NP )?(66 )?0F AE /7 CLFLUSH", "CLFLUSH/CLFLUSHOPT skip the segment checks of their operand (SDM: "
-            "\"#GP(0) If the memory operand effective address is outside the CS, DS, ES, FS, or GS segment "
-            "limit. #SS(0) ... outside the SS segment limit\")"),
-    Pending(r"^0F 3[02] ", "RDMSR/WRMSR: the MSRs the emulator accepts differ from the KVM vCPU's: it faults on "
-            "some KVM implements (WRMSR 0x49 PRED_CMD, RDMSR 0) and accepts writes KVM refuses (WRMSR 0x17 "
-            "PLATFORM_ID) (SDM: \"#GP(0) If the value in ECX specifies a reserved or unimplemented MSR "
-            "address\": which MSRs exist, and which are writable, is the vCPU's, i.e. KVM's)"),
-    Pending(r"^(07|17|1F|0F A1|0F A9) POP", "POP Sreg with a 32-bit operand size reads 4 bytes (#SS at the "
-            "top of a 16-bit stack); KVM reads the 16-bit selector and skips 2 (SDM POP: a segment register "
-            "takes the 16-bit selector; whether the upper half is read is not stated, hardware reads 16 bits)",
-            when=lambda case, diffs: ("66" in case.prefix.split()) != (case.mode.code == 32)),
-    Pending(r"^0F A2 CPUID", "CPUID leaf 1 differs from what the kernel answers on the same vCPU: ECX "
-            "0x81202000 / EDX 0x078bfbff from the emulator's table against 0xf7f83203 / 0x178bfbff (SSE3 to "
-            "AVX, RDRAND, HTT) from KVM"),
-    Pending(r"^C[ABF] ", "RETF/IRET to a selector naming a TSS, a call gate or a task gate is refused "
-            "(EmulationError) instead of #GP(selector) (SDM RET/IRET, protected mode: #GP(selector) if the "
-            "return code segment descriptor does not indicate a code segment; returns never go through "
-            "gates)",
+    Pending(r"^(FF /[35] .*\[mem\]|9A |EA )", "hardware task switches are not emulated: a far CALL/JMP to a "
+            "TSS or task-gate selector ends the run with a clear emulation error, where the CPU switches "
+            "tasks or faults (#TS, #GP, #NP: SDM CALL/JMP \"TASK-GATE\"/\"TASK-STATE-SEGMENT\")",
             when=lambda case, diffs: any("refused (far transfer through" in d for d in diffs)),
-    Pending(r"^(FF /[35] .*\[mem\]|9A |EA )", "far CALL/JMP to a TSS or task-gate selector (a task switch) "
-            "is refused; the CPU switches tasks or faults (#TS, #GP, #NP: SDM CALL/JMP \"TASK-GATE\"/"
-            "\"TASK-STATE-SEGMENT\" branches)",
-            when=lambda case, diffs: any("refused (far transfer through" in d for d in diffs)),
-    Pending(r"^CF ", "IRET with EFLAGS.NT = 1 (task return) is refused; the CPU switches tasks or faults "
-            "(here #TS: the TSS back link is null; SDM IRET: \"IF EFLAGS.NT = 1 THEN GOTO TASK-RETURN\")",
+    Pending(r"^CF ", "hardware task switches are not emulated: IRET with EFLAGS.NT = 1 (a task return) ends the "
+            "run with a clear emulation error, where the CPU switches tasks or faults (SDM IRET: \"IF "
+            "EFLAGS.NT = 1 THEN GOTO TASK-RETURN\")",
             when=lambda case, diffs: any("refused" in d and "NT set" in d for d in diffs)),
-    Pending(r"^0F 22 ", "MOV CR0 keeps the reserved bits it is given (SDM vol. 3, 2.5: \"Attempting to set "
-            "any reserved bits in CR0[31:0] is ignored\")", when=lambda case, diffs: any(
-                d.startswith("cr0") for d in diffs)),
-    Pending(r"^(C0|C1|D0|D1|D2|D3) /\d .*\[mem\]|^0F A[45CD] .*\[mem\]", "shifts and rotates of memory by a "
-            "masked count of 0 skip the write (the CPU still writes the operand back: MMIO sees it, a "
-            "read-only segment faults)", when=lambda case, diffs: _shift_count(case) & 0x1F == 0),
-    Pending(r"^C[45] /r", "C4/C5 with a register ModRM (a VEX prefix) are refused as unimplemented AVX "
-            "instructions; the CPU raises #UD (real mode: LES/LDS with a register operand, SDM LES: \"#UD If "
-            "source operand is not a memory location\"; protected mode: VEX with CR4.OSXSAVE = 0)",
-            when=lambda case, diffs: case.form.operands == "reg!"),
 ]
 
 
@@ -408,17 +364,44 @@ DEPARTURES: list[Departure] = [
               "SDM INT n/INTO/INT3/INT1: delivery through the IDT gate like any interrupt; the kernel's "
               "non-PVM emulation refuses them (../shared/PVM.md: KVM_EXIT_INTERNAL_ERROR) and, with 66 67 "
               "prefixes, raises #GP instead (measured here)."),
+    Departure("kernel: ignores 67 in the 0F 18-1F hint space",
+              lambda case, run, kernel: "67" in case.prefix.split() and case.form.operands == "mem"
+              and case.ins.op_code().table == X.OpCodeTableKind.T0F and 0x18 <= case.ins.op_code().op_code <= 0x1F,
+              "SDM vol. 2, 2.1.1 and 2.1.5: the address-size prefix selects the other addressing form of "
+              "the ModR/M byte (16-bit [BX+SI]-style addressing in 32-bit code), which changes how many "
+              "displacement bytes follow; the kernel decodes these NOPs and hints with the default address "
+              "size, so it runs a different instruction length (measured here)."),
+    Departure("kernel: does not check CPUID before executing",
+              lambda case, run, kernel: _cpuid_gated(case) and not _offered(case, run) and first_vector(run) == 6,
+              "SDM vol. 2 (e.g. SERIALIZE, XSUSLDTRK, WBNOINVD): \"#UD If CPUID.<leaf>:<reg>.<feature>[bit] = "
+              "0\"; the kernel's emulator runs them although the vCPU's CPUID table (KVM_GET_CPUID2) does not "
+              "report the feature."),
+    Departure("kernel: MOVBE is #UD although CPUID reports it",
+              lambda case, run, kernel: mnemonic(case.ins) == "MOVBE" and _offered(case, run),
+              "SDM MOVBE: \"#UD If CPUID.01H:ECX.MOVBE[bit 22] = 0\" (and for a register source); the vCPU's "
+              "table reports MOVBE and the kernel raises #UD for the memory forms anyway (measured here)."),
+    Departure("kernel: TZCNT runs as BSF whatever CPUID says",
+              lambda case, run, kernel: mnemonic(case.ins) == "TZCNT" and _offered(case, run),
+              "SDM TZCNT: F3 0F BC is TZCNT where CPUID.(EAX=07H, ECX=0):EBX.BMI1[bit 3] = 1 (it counts trailing "
+              "zeros and sets CF for a zero source; only processors without BMI1 run it as BSF); the kernel's "
+              "emulator runs BSF although the vCPU's table reports BMI1."),
+    Departure("kernel: SYSRET outside 64-bit mode",
+              lambda case, run, kernel: mnemonic(case.ins) == "SYSRET" and kernel.outcome == "shutdown",
+              "SDM SYSRET: \"#UD If IA32_EFER.SCE = 0\" (and on Intel CPUs whenever not in 64-bit mode), "
+              "delivered like any #UD; the kernel's emulator shuts the vCPU down instead (measured here)."),
     Departure("kernel: no paging outside long mode",
               lambda case, run, kernel: run.state is not None and run.state.cr0 & 0x80000001 == 0x80000001,
               "SDM vol. 3, 4.1.1: setting CR0.PG with CR0.PE enables 32-bit (or PAE) paging; the kernel's "
               "non-PVM emulation raises #GP instead (../shared/PVM.md)."),
 ]
 
-# Outputs that legitimately differ between two runs of the same case, by mnemonic.
-NONDETERMINISTIC = {
-    "RDTSC": Ignore(gprs=("rax", "rdx")),     # the time-stamp counter moves between the two runs
-    "RDTSCP": Ignore(gprs=("rax", "rdx")),
-}
+def nondeterministic(case: Case) -> Ignore:
+    """Outputs that legitimately differ between two runs of the same case: the time-stamp
+    counter moves between them (RDTSC, RDTSCP, RDMSR of IA32_TSC)."""
+    m = mnemonic(case.ins)
+    if m in ("RDTSC", "RDTSCP") or (m == "RDMSR" and case.state.gpr[1] == 0x10):
+        return Ignore(gprs=("rax", "rdx"))
+    return Ignore()
 
 
 @dataclass(frozen=True)
@@ -499,6 +482,32 @@ def _frame_wraps(case: Case) -> bool:
     """An exception frame (up to 16 bytes) pushed at SS:SP would run below offset 0."""
     sp = case.state.gpr[4] & (0xFFFFFFFF if case.state.seg[SS].db else 0xFFFF)
     return sp < 16
+
+
+def _cpuid_gated(case: Case) -> bool:
+    """The instruction needs a CPUID feature beyond the base ISA (iced-x86's feature list)."""
+    return any(f not in BASE_FEATURES and f not in HINT_FEATURES for f in case.ins.cpuid_features())
+
+
+def _writes_own_bytes(case: Case) -> bool:
+    """One of the instruction's stores overlaps the instruction's own bytes."""
+    start = (case.state.seg[CS].base + case.state.rip) & 0xFFFFFFFF
+    end = start + len(case.code)
+    return any(acc.access != "r" and acc.linear < end and start < acc.linear + acc.size
+               for acc in memory_accesses(case.ins, case.state, case.mode.stack == 32))
+
+
+def _source_bytes(case: Case) -> int:
+    """The size of the instruction's second operand (a register or memory)."""
+    ins = case.ins
+    if ins.op1_kind == X.OpKind.MEMORY:
+        return memory_bytes(ins.memory_size)
+    return X.RegisterExt.size(ins.op1_register)
+
+
+def _offered(case: Case, run) -> bool:
+    """The vCPU's CPUID (the table the emulator and the kernel share) offers the instruction."""
+    return run.features is not None and run.features.allows(case.ins)
 
 
 def _vex_space(case: Case) -> bool:
@@ -592,6 +601,65 @@ ORACLE_ERRATA: list[Erratum] = [
             "SDM vol. 3, 6.12.1 and the #SS description (6.15): pushing the frame past the stack "
             "segment's limit raises #SS (then #DF, then a triple fault at CPL 0); QEMU pushes around the "
             "64 KiB wrap unchecked."),
+    Erratum("unicorn", "unicorn: its CPU features are QEMU's model",
+            lambda case, run, theirs, diffs: _cpuid_gated(case)
+            and (first_vector(run) == 6) != (theirs.outcome == "exception 6")
+            and (first_vector(run) == 6) != _offered(case, run),
+            "SDM vol. 2, every CPUID-gated instruction: \"#UD If CPUID.<leaf>:<reg>.<feature>[bit] = 0\"; "
+            "the emulator follows the vCPU's CPUID table (KVM_GET_CPUID2), unicorn QEMU's own model, which "
+            "offers other features (e.g. RTM, RDTSCP and WAITPKG, but not CLWB)."),
+    Erratum("unicorn", "unicorn: TZCNT/LZCNT follow QEMU's model",
+            lambda case, run, theirs, diffs: mnemonic(case.ins) in ("TZCNT", "LZCNT"),
+            "SDM TZCNT/LZCNT: F3 0F BC/BD count zeros where CPUID reports BMI1/LZCNT and are BSF/BSR "
+            "elsewhere; the emulator follows the vCPU's CPUID table, unicorn QEMU's model "
+            "(tests/differential/test_fidelity.py checks both meanings against the SDM)."),
+    Erratum("unicorn", "unicorn: CRC32, POPCNT and MOVBE take the other operand size in 16-bit code",
+            lambda case, run, theirs, diffs: mnemonic(case.ins) in ("CRC32", "POPCNT", "MOVBE")
+            and case.mode.code == 16,
+            "SDM vol. 1, 3.6 and vol. 2, 2.1.1: in 16-bit code the operand size is 16 bits unless 66 makes "
+            "it 32 (CRC32 r32, r/m16 accumulates 16 source bits; POPCNT r16 and MOVBE r16/m16 read and write "
+            "16); QEMU's TCG uses the 32-bit form without the prefix and the 16-bit one with it."),
+    Erratum("unicorn", "unicorn: 66 F2 0F 38 F0 (CRC32 r/m8 with an operand-size prefix) is #UD",
+            lambda case, run, theirs, diffs: mnemonic(case.ins) == "CRC32" and _source_bytes(case) == 1
+            and "66" in case.prefix.split() and theirs.outcome == "exception 6",
+            "SDM CRC32: the operand-size prefix chooses between the r/m16 and r/m32 forms of F1 and does not "
+            "apply to F0 (r/m8, destination r32), which iced-x86 (built from Intel's and AMD's maps) decodes "
+            "with it; QEMU raises #UD. Unverified on hardware here: the kernel's emulator does not run CRC32."),
+    Erratum("unicorn", "unicorn: SYSCALL/SYSRET/SYSENTER/SYSEXIT are unicorn's own",
+            lambda case, run, theirs, diffs: mnemonic(case.ins) in ("SYSCALL", "SYSRET", "SYSENTER", "SYSEXIT"),
+            "unicorn turns SYSCALL and SYSENTER into hooks for user-mode emulation and does not take the "
+            "vCPU's EFER or SYSENTER MSRs from the case; SDM SYSCALL/SYSRET: #UD while EFER.SCE = 0, "
+            "SYSENTER/SYSEXIT: #GP(0) in real mode or with IA32_SYSENTER_CS[15:2] = 0 "
+            "(tests/differential/test_fidelity.py checks them against the kernel)."),
+    Erratum("unicorn", "unicorn: ARPL always stores its destination",
+            lambda case, run, theirs, diffs: mnemonic(case.ins) == "ARPL"
+            and all(d.startswith(("memory", "port I/O")) for d in diffs),
+            "SDM ARPL: \"IF DEST[RPL] < SRC[RPL] THEN ZF := 1; DEST[RPL] := SRC[RPL]; ELSE ZF := 0; FI\": the "
+            "destination is written only when its RPL is raised; QEMU writes it back either way."),
+    Erratum("unicorn", "unicorn: ENTER's frame pointer on a 16-bit stack keeps ESP[31:16]",
+            lambda case, run, theirs, diffs: mnemonic(case.ins) == "ENTER" and not case.state.seg[SS].db
+            and ("66" in case.prefix.split()) != (case.mode.code == 32)
+            and all(d.startswith(("memory", "rbp")) for d in diffs),
+            "SDM ENTER: \"IF StackSize = 32 THEN Push(EBP); FrameTemp := ESP; ELSE Push(BP); FrameTemp := SP\" "
+            "and \"IF StackSize = 32 THEN EBP := FrameTemp ELSE BP := FrameTemp\": on a 16-bit stack the frame "
+            "pointer is SP, zero-extended when a 32-bit operand pushes it; QEMU pushes and loads ESP with its "
+            "upper half."),
+    Erratum("unicorn", "unicorn: 0F 0D with a register operand is #UD",
+            lambda case, run, theirs, diffs: mnemonic(case.ins) == "RESERVEDNOP" and case.code.find(b"\x0f\x0d") >= 0
+            and theirs.outcome == "exception 6",
+            "Intel's opcode map (SDM vol. 2, table A-3) puts 0F 0D in the NOP/prefetch space (\"prefetchw(/1) "
+            "Ev\", the rest NOP), and iced-x86 decodes the register form as a reserved NOP, which the kernel's "
+            "emulator runs as one; QEMU raises #UD."),
+    Erratum("unicorn", "a 16-bit frame cannot hold a return EIP past 0xffff",
+            lambda case, run, theirs, diffs: run.deliveries and diffs and all(_truncated_rip(d) for d in diffs),
+            "SDM INT n (real-address mode, and 16-bit gates): \"Push(IP)\" pushes 16 bits, so the return "
+            "address 0x10000 of an instruction ending at 0xffff is pushed as 0; unicorn stops after the INT "
+            "with EIP 0x10000, and the emulator's EIP is read back from the frame it pushed."),
+    Erratum("unicorn", "unicorn: an instruction that writes its own bytes is restarted",
+            lambda case, run, theirs, diffs: getattr(theirs, "rip", None) == case.state.rip and _writes_own_bytes(case),
+            "QEMU's TCG detects a store into the translated block being run and restarts the instruction, "
+            "so unicorn's one-instruction run ends before it; the SDM (vol. 3, 11.6) lets the store take "
+            "effect and the instruction complete, as the emulator does."),
     Erratum("unicorn", "unicorn: no CS-limit check on a branch target",
             lambda case, run, theirs, diffs: _branch_beyond_limit(case, run, theirs),
             "SDM JMP/CALL/RET/IRET: #GP(0) when the new instruction pointer is beyond the code segment "
@@ -635,6 +703,7 @@ class EmulatorRun:
     landed: bool = False              # the next instruction is a HLT in RAM
     undefined: object = None
     io: tuple = ()
+    features: object = None           # the emulator's FeatureCheck (the vCPU's CPUID)
 
 
 # -- the sweep ---------------------------------------------------------------------------------
@@ -662,6 +731,12 @@ class Sweep:
         self.emu_memory = GuestMemory(MEMORY_SIZE)
         self.emu_devices = Devices()
         self.emulator = Emulator(CpuState(), self.emu_memory, self.emu_devices.bus, cpuid=cpuid)
+        self.msr_machine = None
+        if kvm:
+            # The emulator's MSRs beyond its own live in a vCPU of their own, as in a Machine
+            # (where they are the guest's vCPU): a second, idle one, so the oracle's stays apart.
+            self.msr_machine = Machine(memory_size=1 << 20, serial_output=io.BytesIO())
+            self.emulator.msr_backend = MsrBackend(self.msr_machine.vcpu)
         self.unicorn = {}
         if unicorn:
             from tests.differential.unicorn_oracle import UnicornCpu
@@ -674,8 +749,9 @@ class Sweep:
         self._kernel_dirty = False
 
     def close(self) -> None:
-        if self.machine is not None:
-            self.machine.close()
+        for machine in (self.machine, self.msr_machine):
+            if machine is not None:
+                machine.close()
         self.unicorn.clear()
         self.emu_memory.close()
         if hasattr(self, "uc_memory"):
@@ -761,7 +837,7 @@ class Sweep:
         emu.dr = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
         emu.fpu_cw, emu.fpu_sw = 0x37F, 0
         tracker = Tracker(emu, memory)
-        run = EmulatorRun()
+        run = EmulatorRun(features=emu.features)
         try:
             tracker.step()
             # A REP string instruction may stop early (an emulator may split it): finish it.
@@ -916,7 +992,7 @@ class Sweep:
             ours_io, theirs_io = bytewise(ours_io, open_mmio), bytewise(theirs_io, open_mmio)
         ours = snapshot(emu_state, stub if same_memory else self.emu_memory, outcome, ours_io, run.undefined)
         theirs = snapshot(kernel.state, stub if same_memory else self.machine.memory, kernel.outcome, theirs_io)
-        diffs = differences(theirs, ours, ignore or NONDETERMINISTIC.get(mnemonic(case.ins), Ignore()))
+        diffs = differences(theirs, ours, ignore or nondeterministic(case))
         for msr in SYNCED_MSRS:
             a, b = kernel.state.msrs.get(msr), emu_state.msrs.get(msr)
             if a != b:
@@ -975,7 +1051,7 @@ class Sweep:
         theirs = cpu.snapshot(theirs_outcome, bytewise(self.uc_devices.log, open_mmio),
                               stub if same else self.uc_memory)
         ours = snapshot(run.state, stub if same else self.emu_memory, ours_outcome, io, run.undefined)
-        return differences(theirs, ours, NONDETERMINISTIC.get(mnemonic(case.ins), Ignore())), theirs
+        return differences(theirs, ours, nondeterministic(case)), theirs
 
     def _undo_delivery(self, case: Case, run, flags_at: int, size: int) -> list[int]:
         """Make ``run.state`` and the emulator's RAM what they were before the emulator

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 import iced_x86 as X
 
+from pykvm.emulator.features import falls_back
 from pykvm.x86 import paging
 from pykvm.x86.bits import CR0_PE, CR0_PG, FLAG_AF, FLAG_CF, FLAG_OF, FLAG_PF, FLAG_SF, FLAG_TF, FLAG_ZF
 from pykvm.x86.state import CS, GPR_NAMES, SS, CpuState
@@ -307,8 +308,17 @@ class Tracker:
         return False
 
     # -- per-instruction rules ----------------------------------------------------------------
+    def _bit_scan(self, ins) -> bool:
+        """BSF/BSR, or TZCNT/LZCNT where the vCPU's CPUID makes them BSF/BSR (F3 ignored)."""
+        m = ins.mnemonic
+        return m in (M.BSF, M.BSR) or (m in (M.TZCNT, M.LZCNT) and falls_back(self.emu.cpuid, m))
+
     def _flag_effects(self, ins, st: CpuState) -> tuple[int, int]:
         """(flags the instruction modifies, flags it leaves undefined), refined by count."""
+        if self._bit_scan(ins):
+            # BSF/BSR: "The ZF flag is set to 1 if the source operand is 0 ...; otherwise, the
+            # ZF flag is cleared. The CF, OF, SF, AF, and PF flags are undefined."
+            return F.ARITH, F.BSF
         modified = eflags(ins.rflags_modified)
         undefined = eflags(ins.rflags_undefined)
         op = SHIFTS.get(ins.mnemonic)
@@ -344,7 +354,7 @@ class Tracker:
         (GPR index, mask) or (linear, size) pairs."""
         m = ins.mnemonic
         dest = []
-        if m in (M.BSF, M.BSR):
+        if self._bit_scan(ins):
             # BSF/BSR: "If the content of the source operand is 0, the content of the
             # destination operand is undefined." (AMD documents it as unchanged.)
             if self._source_value(ins, st) == 0:
