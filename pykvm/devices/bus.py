@@ -23,7 +23,6 @@ from pykvm.errors import PykvmError
 log = logging.getLogger(__name__)
 
 _MISS = object()  # a cache miss, as opposed to a cached "nobody claims this address" (None)
-_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 
 
 class Device(Protocol):
@@ -83,7 +82,7 @@ class _AddressSpace:
         if entry is None:
             if self.trace_unclaimed:
                 log.debug("%s read from unclaimed %#x (size %d)", self.name, addr, size)
-            return _ONES[size]
+            return (1 << (8 * size)) - 1
         return entry[2].read(addr - entry[3], size)
 
     def write(self, addr: int, size: int, value: int) -> None:

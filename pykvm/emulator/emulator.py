@@ -73,10 +73,7 @@ class Emulator(SystemOps):
         # Called after every interrupt/exception delivery as (vector, linear address of the
         # pushed EFLAGS image, its size); None costs nothing (deliveries are rare anyway).
         self.delivery_observer = None
-        self.dr = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
-        self.tsc_offset = 0
-        self.fpu_cw = 0x37F      # x87 control/status words: only FNINIT/FNSTSW/FNSTCW/FLDCW are emulated
-        self.fpu_sw = 0
+        self.reset_side_state()
         self._caches: dict[tuple, dict] = {}
         self.shapes: dict[tuple, dict] = {}   # (bitness, stack32) -> instruction bytes -> recipe
         self.cache: dict[int, object] = {}
@@ -88,6 +85,15 @@ class Emulator(SystemOps):
         self.real = True
         self.lma = False
         self.mode_changed()
+
+    def reset_side_state(self) -> None:
+        """Power-on values of what the emulator keeps beside ``CpuState``: DR0-DR7, the x87
+        control and status words (only FNINIT/FNSTSW/FNSTCW/FLDCW are emulated) and the TSC
+        offset used when there is no MSR backend."""
+        self.dr = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
+        self.fpu_cw = 0x37F
+        self.fpu_sw = 0
+        self.tsc_offset = 0
 
     @property
     def state(self) -> CpuState:

@@ -17,7 +17,7 @@ from pykvm.errors import EmulationError
 
 # Little-endian value layouts by access size: port I/O is 1, 2 or 4 bytes; MMIO up to 8.
 IO_STRUCTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I")}
-MMIO_LENGTHS = (1, 2, 4, 8)
+MMIO_LENGTHS = range(1, 9)   # KVM splits an access that leaves a memory slot: any fragment of 1-8 bytes
 
 
 class ExitReason(enum.IntEnum):

@@ -834,8 +834,7 @@ class Sweep:
         self.emu_devices.reset()
         state = case.state.copy()
         emu.state = state
-        emu.dr = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
-        emu.fpu_cw, emu.fpu_sw = 0x37F, 0
+        emu.reset_side_state()
         tracker = Tracker(emu, memory)
         run = EmulatorRun(features=emu.features)
         try:

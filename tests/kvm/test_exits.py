@@ -149,3 +149,20 @@ def test_failing_ioctl_names_itself():
     with raw_guest(assemble("hlt")) as (_, _, _, vcpu):
         with pytest.raises(KvmIoctlError, match="KVM_SET_MSRS"):
             vcpu.set_msrs({0xDEADBEEF: 1})
+
+
+@pytest.mark.kvm
+def test_an_access_straddling_the_end_of_ram_is_served_in_fragments():
+    """KVM splits a load that leaves the RAM slot; the part past it comes as an MMIO exit of an
+    odd length (3 bytes here), which unclaimed MMIO answers with all-ones."""
+    import io
+
+    from pykvm.machine import Machine
+    from tests.asm import assemble
+
+    size = 4 << 20
+    code = assemble(f"mov byte ptr [{size - 1:#x}], 0x5a\nmov eax, [{size - 1:#x}]\nhlt")
+    with Machine(memory_size=size, serial_output=io.BytesIO()) as machine:
+        machine.load(code, fmt="flat", mode="long")
+        assert machine.run(timeout=10) == 0
+        assert machine.current_state().gpr[0] == 0xFFFFFF5A
