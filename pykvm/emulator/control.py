@@ -166,10 +166,10 @@ def iret(emu, size: int) -> int:
             # Bits 1, 3, 5 and 15 are reserved: IRET, like POPF, never loads them.
             new = (old & 0xFFFF0000) | (fl & 0x7FD5) | FLAG_FIXED
         else:
-            new = (fl & 0x247FD5) | (old & 0x1A0000) | FLAG_FIXED   # RF not loaded (see _iret_flags)
+            new = (fl & 0x257FD5) | (old & 0x1A0000) | FLAG_FIXED   # SDM: RF, AC, ID loaded, VM/VIF/VIP kept
         load_cs_real(emu, cs)
         set_sp(emu, sp)
-        emu.set_flags(new)
+        _load_flags(emu, new)
         return eip
     if old & FLAG_NT:
         raise NotImplementedError("IRET with NT set (task return)")
@@ -183,13 +183,13 @@ def iret(emu, size: int) -> int:
         _check_target(d, eip, emu.lma)
         load_cs_protected(emu, cs, d, raw, addr, cpl)
         set_sp(emu, sp)
-        emu.set_flags(new)
+        _load_flags(emu, new)
         return eip
     (new_esp, new_ss), _ = pop(emu, 2, size, sp=sp)
     sd, sraw, saddr = segments.check_stack_segment(emu, new_ss & 0xFFFF, rpl)
     _check_target(d, eip, emu.lma)
     _enter_outer(emu, cs, d, raw, addr, new_ss & 0xFFFF, sd, sraw, saddr, rpl, new_esp)
-    emu.set_flags(new)
+    _load_flags(emu, new)
     return eip
 
 
@@ -203,9 +203,14 @@ def _iret_flags(old: int, fl: int, size: int, cpl: int) -> int:
     if cpl > (old & FLAG_IOPL) >> 12:
         keep |= FLAG_IF
     new = (fl & ~keep) | (old & keep)
-    # RF is not loaded: on a CPU it would be set until the next instruction completes, and no
-    # instruction breakpoints are emulated, so it is cleared right away.
-    return (new & 0x3E7FD5 & ~FLAG_VM) | (old & FLAG_VM) | FLAG_FIXED
+    return (new & 0x3F7FD5 & ~FLAG_VM) | (old & FLAG_VM) | FLAG_FIXED
+
+
+def _load_flags(emu, new: int) -> None:
+    """EFLAGS from an IRET image. RF comes from the image too (SDM IRET): it stays set until the
+    next instruction completes, which the run loop sees to (``rf_loaded``)."""
+    emu.set_flags(new)
+    emu.rf_loaded = bool(new & FLAG_RF)
 
 
 

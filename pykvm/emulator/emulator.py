@@ -25,7 +25,7 @@ from pykvm.x86.state import CS, SS, CpuState
 from pykvm.emulator.system import SystemOps
 from pykvm.emulator.translate import translate_block
 from pykvm.errors import EmulationError, GuestShutdownError
-from pykvm.x86.bits import CR0_PE, CR0_PG, CR0_WP, EFER_LMA, FLAG_IF, FLAG_TF, FLAG_VM
+from pykvm.x86.bits import CR0_PE, CR0_PG, CR0_WP, EFER_LMA, FLAG_IF, FLAG_RF, FLAG_TF, FLAG_VM
 
 _OWN_CODE = (os.path.join("pykvm", "emulator", ""), os.path.join("pykvm", "x86", ""), "<x86-template>")
 
@@ -70,6 +70,8 @@ class Emulator(SystemOps):
         # The run loop's requests (pvm.Events: Ctrl-C, --timeout, timers): long REP string
         # instructions look at them between elements (``preempt_requested``).
         self.events = None
+        # EFLAGS.RF set by the last IRET: the next instruction runs alone and clears it.
+        self.rf_loaded = False
         # Called after every interrupt/exception delivery as (vector, linear address of the
         # pushed EFLAGS image, its size); None costs nothing (deliveries are rare anyway).
         self.delivery_observer = None
@@ -302,6 +304,11 @@ class Emulator(SystemOps):
                         self._take_interrupt()
                         break
                     limit = 1         # the instruction after STI / MOV SS runs first
+                rf = st.rflags & FLAG_RF
+                if rf:
+                    # EFLAGS.RF (loaded by IRET) is cleared when the next instruction completes.
+                    limit = 1
+                    self.rf_loaded = False
                 eip = st.rip
                 lin = (sbase[1] + eip) & 0xFFFFFFFF
                 blk = self.cache.get(lin)
@@ -344,6 +351,8 @@ class Emulator(SystemOps):
                     done += i
                     st.interrupt_shadow = False
                     break
+                if rf and not self.rf_loaded:
+                    st.rflags &= ~FLAG_RF
                 st.interrupt_shadow = self.shadow
                 self.shadow = False
                 if tf:

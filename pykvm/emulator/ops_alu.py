@@ -266,7 +266,7 @@ def _bound(g):
     o = g.op(1, size).addr()
     seg = g.k(SEG_INDEX[g.ins.memory_segment])
     g.emit(f"lo = rdn({seg}, {o}, {size}) ^ {sign:#x}",
-           f"hi = rdn({seg}, ({o} + {size}) & {_addr_mask(g):#x}, {size}) ^ {sign:#x}",
+           f"hi = rdn({seg}, ({o} + {size}) & 0xFFFFFFFF, {size}) ^ {sign:#x}",   # same operand: no wrap
            f"i = {d.read()} ^ {sign:#x}",
            "if i < lo or i > hi:", "    raise Fault(5)")
 

@@ -26,12 +26,14 @@ def emit_push(g, expr: str, size: int, wsize: int | None = None) -> None:
                "R[4] = R[4] & 0xFFFF0000 | sp")
 
 
-def emit_pop(g, var: str, size: int) -> str:
-    """Read the top of stack into ``var``; returns the line that commits the new (E)SP."""
+def emit_pop(g, var: str, size: int, read: int | None = None) -> str:
+    """Read the top of stack into ``var`` (``read`` bytes of the ``size``-byte slot, default all);
+    returns the line that commits the new (E)SP."""
+    rd = _RD[read or size]
     if g.ctx.stack32:
-        g.emit("sp = R[4]", f"{var} = {_RD[size]}(2, sp)")
+        g.emit("sp = R[4]", f"{var} = {rd}(2, sp)")
         return f"R[4] = (sp + {size}) & 0xFFFFFFFF"
-    g.emit("sp = R[4] & 0xFFFF", f"{var} = {_RD[size]}(2, sp)")
+    g.emit("sp = R[4] & 0xFFFF", f"{var} = {rd}(2, sp)")
     return f"R[4] = R[4] & 0xFFFF0000 | (sp + {size}) & 0xFFFF"
 
 
@@ -163,8 +165,10 @@ def _pop(g):
         i = SEG_INDEX[ins.op0_register]
         if i == 1:
             raise Invalid()
-        commit = emit_pop(g, "v", size)
-        g.emit(f"E.load_seg({g.k(i)}, v & 0xFFFF)", commit)
+        # A 32-bit POP Sreg reads just the 16-bit selector and skips the rest of its slot (what
+        # CPUs do, and KVM: at the top of a 16-bit stack it does not fault on the upper half).
+        commit = emit_pop(g, "v", size, read=2)
+        g.emit(f"E.load_seg({g.k(i)}, v)", commit)
         if i == SS:
             g.emit("E.shadow = True", f"return {g.k(g.next_eip)}")
             g.terminal = True

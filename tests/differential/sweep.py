@@ -30,14 +30,16 @@ What runs (``Sweep.run``)
 Verdicts, per case: ``agree`` (with the oracle named); ``refuse`` (pykvm raised its
 EmulationError "cannot emulate ...": what is expected of forms it does not claim; for a
 claimed form an oracle is asked whether the CPU raises an exception on it instead, which makes
-the refusal a difference); ``differ``; ``pending`` (a difference matching
+the refusal a difference, unless ``UNSUPPORTED`` names it as a feature pykvm refuses by design,
+such as hardware task switches); ``differ``; ``pending`` (a difference matching
 ``PENDING_PYKVM_FIXES``: known pykvm bugs waiting for their fix, each one line); ``explained``
 (a difference an ``ORACLE_ERRATA`` entry attributes to the oracle, quoting the SDM);
 ``no oracle`` (neither oracle could run it, e.g. a branch out of RAM); ``crash`` (the emulator
 raised something else). Flags and values the SDM leaves undefined are never compared (the
 tracker); ``nondeterministic`` names the outputs that differ between any two runs (the TSC).
-The three tables are separate on purpose: ``DEPARTURES`` and ``ORACLE_ERRATA`` say an oracle
-is wrong (and why, by the SDM), ``PENDING_PYKVM_FIXES`` says pykvm is.
+The tables are separate on purpose: ``DEPARTURES`` and ``ORACLE_ERRATA`` say an oracle is
+wrong (and why, by the SDM), ``PENDING_PYKVM_FIXES`` says pykvm is (empty once every bug the
+sweep found is fixed), ``UNSUPPORTED`` what pykvm refuses by design.
 
 Budget: ``cases(seed, scale)`` makes ``scale`` instances of every (form, mode, prefix) of the
 claimed forms and one of the others (optionally without prefixes only: they are refused
@@ -179,8 +181,12 @@ class Pending:
                 and (self.when is None or self.when(case, diffs)))
 
 
-# The lead empties this list as fixes land; each entry is one bug (see the report for examples).
-PENDING_PYKVM_FIXES: list[Pending] = [
+# Known pykvm bugs waiting for their fix, one entry per bug: emptied as the fixes land.
+PENDING_PYKVM_FIXES: list[Pending] = []
+
+# What pykvm deliberately does not emulate and refuses with a clear error (exit status 8) where
+# the CPU would do something: the claimed instructions' cases that reach it count as refused.
+UNSUPPORTED: list[Pending] = [
     Pending(r"^(FF /[35] .*\[mem\]|9A |EA )", "hardware task switches are not emulated: a far CALL/JMP to a "
             "TSS or task-gate selector ends the run with a clear emulation error, where the CPU switches "
             "tasks or faults (#TS, #GP, #NP: SDM CALL/JMP \"TASK-GATE\"/\"TASK-STATE-SEGMENT\")",
@@ -385,6 +391,13 @@ DEPARTURES: list[Departure] = [
               "SDM TZCNT: F3 0F BC is TZCNT where CPUID.(EAX=07H, ECX=0):EBX.BMI1[bit 3] = 1 (it counts trailing "
               "zeros and sets CF for a zero source; only processors without BMI1 run it as BSF); the kernel's "
               "emulator runs BSF although the vCPU's table reports BMI1."),
+    Departure("kernel: decodes an instruction that crosses the CS limit",
+              lambda case, run, kernel: case.state.rip + len(case.code) - 1 > case.state.seg[CS].limit
+              and first_vector(run) == 13,
+              "SDM vol. 3, 6.9 (priority among simultaneous exceptions): a code-segment limit violation while "
+              "fetching the instruction (priority 7) comes before the faults of decoding it (priority 8: "
+              "invalid opcode); the kernel raises #UD for an invalid instruction whose bytes run past the "
+              "limit."),
     Departure("kernel: SYSRET outside 64-bit mode",
               lambda case, run, kernel: mnemonic(case.ins) == "SYSRET" and kernel.outcome == "shutdown",
               "SDM SYSRET: \"#UD If IA32_EFER.SCE = 0\" (and on Intel CPUs whenever not in 64-bit mode), "
@@ -644,12 +657,12 @@ ORACLE_ERRATA: list[Erratum] = [
             "and \"IF StackSize = 32 THEN EBP := FrameTemp ELSE BP := FrameTemp\": on a 16-bit stack the frame "
             "pointer is SP, zero-extended when a 32-bit operand pushes it; QEMU pushes and loads ESP with its "
             "upper half."),
-    Erratum("unicorn", "unicorn: 0F 0D with a register operand is #UD",
-            lambda case, run, theirs, diffs: mnemonic(case.ins) == "RESERVEDNOP" and case.code.find(b"\x0f\x0d") >= 0
-            and theirs.outcome == "exception 6",
-            "Intel's opcode map (SDM vol. 2, table A-3) puts 0F 0D in the NOP/prefetch space (\"prefetchw(/1) "
-            "Ev\", the rest NOP), and iced-x86 decodes the register form as a reserved NOP, which the kernel's "
-            "emulator runs as one; QEMU raises #UD."),
+    Erratum("unicorn", "unicorn: register forms of 0F 0D and 0F 18 are #UD",
+            lambda case, run, theirs, diffs: mnemonic(case.ins) == "RESERVEDNOP" and case.form.operands == "reg"
+            and case.ins.op_code().op_code in (0x0D, 0x18) and theirs.outcome == "exception 6",
+            "Intel's opcode map (SDM vol. 2, table A-3) puts 0F 0D and 0F 18 in the NOP/prefetch hint space "
+            "(\"prefetchw(/1) Ev\", \"Grp 16\", the other encodings reserved NOPs), and iced-x86 decodes their "
+            "register forms as reserved NOPs, which the kernel's emulator runs as such; QEMU raises #UD."),
     Erratum("unicorn", "a 16-bit frame cannot hold a return EIP past 0xffff",
             lambda case, run, theirs, diffs: run.deliveries and diffs and all(_truncated_rip(d) for d in diffs),
             "SDM INT n (real-address mode, and 16-bit gates): \"Push(IP)\" pushes 16 bits, so the return "
@@ -816,6 +829,9 @@ class Sweep:
         for erratum in ORACLE_ERRATA:
             if erratum.oracle in (oracle, "any") and erratum.applies(case, run, theirs, diffs):
                 return Result(case, "explained", oracle, diffs, f"{erratum.name}: {erratum.reason}")
+        for unsupported in UNSUPPORTED:
+            if unsupported.matches(case, diffs):
+                return Result(case, "refuse", oracle, diffs, unsupported.description)
         for pending in PENDING_PYKVM_FIXES:
             if pending.matches(case, diffs):
                 return Result(case, "pending", oracle, diffs, pending.description)
