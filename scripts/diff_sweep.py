@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.differential.sweep import (FORMS, LETTERS, MODES, Sweep, cell_letter, prefixes_for,  # noqa: E402
+from tests.differential.sweep import (FORMS, MODES, Sweep, cell_letter, prefixes_for, verdict_letter,  # noqa: E402
                                       replay, run_sweep)
 
 
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     print(f"\n{total} cases in {elapsed:.1f} s ({total / elapsed:.0f} cases/s), seed {args.seed}, "
           f"scale {args.scale}; {len(coverage.not_generated)} form x mode x prefix combinations not generated")
     for (verdict, oracle), n in sorted(coverage.counts.items(), key=lambda kv: -kv[1]):
-        print(f"  {verdict:<10} {oracle or '':<8} {n:>7}  [{LETTERS.get((verdict, oracle), '?')}]")
+        print(f"  {verdict:<10} {oracle or '':<8} {n:>7}  [{verdict_letter(verdict, oracle)}]")
     forms_by_verdict = Counter()
     for key, counter in coverage.cells.items():
         forms_by_verdict[cell_letter(counter)] += 1

@@ -503,9 +503,10 @@ def _cpuid_gated(case: Case) -> bool:
 
 
 def _writes_own_bytes(case: Case) -> bool:
-    """One of the instruction's stores overlaps the instruction's own bytes."""
+    """One of the instruction's stores overlaps its own bytes or the next instruction's (the
+    HLT after it, in the block QEMU translated with it)."""
     start = (case.state.seg[CS].base + case.state.rip) & 0xFFFFFFFF
-    end = start + len(case.code)
+    end = start + len(case.code) + 1
     return any(acc.access != "r" and acc.linear < end and start < acc.linear + acc.size
                for acc in memory_accesses(case.ins, case.state, case.mode.stack == 32))
 
@@ -580,6 +581,11 @@ ORACLE_ERRATA: list[Erratum] = [
             "SDM MOV (control registers): \"#GP(0) If an attempt is made to write a 1 to any reserved bit in "
             "CR4\" (vol. 3, 2.5: bits 15 and 26-31, and the bits of features CPUID does not report, such "
             "as VMXE or LA57 here; the kernel oracle agrees with the emulator); unicorn loads them."),
+    Erratum("unicorn", "unicorn: MOV to CR0 keeps reserved bits",
+            lambda case, run, theirs, diffs: mnemonic(case.ins) == "MOV" and case.ins.op0_register == X.Register.CR0
+            and diffs and all(d.startswith("cr0") for d in diffs),
+            "SDM vol. 3, 2.5: \"Attempting to set any reserved bits in CR0[31:0] is ignored\" (the kernel "
+            "oracle agrees with the emulator); unicorn stores them."),
     Erratum("unicorn", "unicorn: MOV to CR0 with an invalid combination",
             lambda case, run, theirs, diffs: mnemonic(case.ins) == "MOV" and case.ins.op0_register == X.Register.CR0
             and _invalid_cr0(operand_value(case, 1)) and first_vector(run) == 13,
@@ -668,7 +674,7 @@ ORACLE_ERRATA: list[Erratum] = [
             "SDM INT n (real-address mode, and 16-bit gates): \"Push(IP)\" pushes 16 bits, so the return "
             "address 0x10000 of an instruction ending at 0xffff is pushed as 0; unicorn stops after the INT "
             "with EIP 0x10000, and the emulator's EIP is read back from the frame it pushed."),
-    Erratum("unicorn", "unicorn: an instruction that writes its own bytes is restarted",
+    Erratum("unicorn", "unicorn: an instruction that writes its own bytes (or the next one's) is restarted",
             lambda case, run, theirs, diffs: getattr(theirs, "rip", None) == case.state.rip and _writes_own_bytes(case),
             "QEMU's TCG detects a store into the translated block being run and restarts the instruction, "
             "so unicorn's one-instruction run ends before it; the SDM (vol. 3, 11.6) lets the store take "
@@ -1175,9 +1181,13 @@ LETTERS = {("agree", "kernel"): "K", ("agree", "unicorn"): "U", ("refuse", ""): 
 _SEVERITY = "XDdPpEe-rUK"
 
 
+def verdict_letter(verdict: str, oracle: str) -> str:
+    return LETTERS.get((verdict, oracle), LETTERS.get((verdict, ""), "?"))
+
+
 def cell_letter(counter: Counter) -> str:
     """The most severe verdict of a cell (a crash over a difference over agreement)."""
-    letters = {LETTERS.get((v, o), LETTERS.get((v, ""), "?")) for v, o in counter}
+    letters = {verdict_letter(v, o) for v, o in counter}
     return min(letters, key=lambda ch: _SEVERITY.index(ch) if ch in _SEVERITY else -1)
 
 
