@@ -17,6 +17,8 @@ block-ending ("terminal") instruction returns the next EIP; others return nothin
 
 from __future__ import annotations
 
+import contextlib
+
 import iced_x86 as X
 
 from pykvm.emulator import alu, flags
@@ -258,6 +260,17 @@ class Gen:
     def emit(self, *lines: str) -> None:
         for line in lines:
             self.lines.append(self.indent + line)
+
+    @contextlib.contextmanager
+    def block(self, header: str):
+        """``with g.block("if c:"): ...``: emit ``header`` and indent what is emitted inside."""
+        self.emit(header)
+        outer = self.indent
+        self.indent = outer + "    "
+        try:
+            yield
+        finally:
+            self.indent = outer
 
     def op(self, i: int, size: int | None = None) -> Operand:
         return Operand(self, i, size)

@@ -181,17 +181,13 @@ def _emit_counted(g, d, call: str) -> None:
     ``call`` computes ``r, lf``. A count of 0 changes nothing, but a memory destination is
     still written back (with its own value): the CPU's write check does not depend on the
     count, so a read-only segment or page faults even then."""
-    g.emit("if c:")
-    g.indent = "    "
-    g.emit(f"r, lf = {call}")
-    d.write("r")
-    g.emit("E.lf = lf")
-    g.indent = ""
+    with g.block("if c:"):
+        g.emit(f"r, lf = {call}")
+        d.write("r")
+        g.emit("E.lf = lf")
     if d.kind == "mem":
-        g.emit("else:")
-        g.indent = "    "
-        d.write("a")
-        g.indent = ""
+        with g.block("else:"):
+            d.write("a")
 
 
 @handles(*_SHIFTS)
@@ -276,10 +272,9 @@ def _bsf(g, fn: str | None = None):
     d = g.op(0)
     s = g.op(1, d.size)
     fn = fn or ("bsf" if g.ins.mnemonic == M.BSF else "bsr")
-    g.emit(f"b = {s.read()}", "if b:")
-    g.indent = "    "
-    d.write(f"{fn}(b)")
-    g.indent = ""
+    g.emit(f"b = {s.read()}")
+    with g.block("if b:"):
+        d.write(f"{fn}(b)")
     g.emit("E.lf = zf_only(E.lf, not b)")
 
 
@@ -329,10 +324,8 @@ def _cmovcc(g):
     s = g.op(1, d.size)
     g.emit(f"v = {s.read()}")
     expr = cond_expr(g, CC_OF[g.ins.mnemonic])
-    g.emit(f"if {expr}:")
-    g.indent = "    "
-    d.write("v")
-    g.indent = ""
+    with g.block(f"if {expr}:"):
+        d.write("v")
 
 
 for _m in CC_OF:
@@ -430,22 +423,18 @@ def _cmpxchg(g):
     mask = MASKS[size]
     acc = "R[0]" if size == 4 else f"(R[0] & {mask:#x})"
     g.emit(f"a = {d.read()}", f"b = {s.read()}", f"acc = {acc}", f"r = (acc - a) & {mask:#x}")
-    g.emit("if acc == a:")
-    g.indent = "    "
-    d.write("b")
-    g.indent = ""
-    g.emit("else:")
-    g.indent = "    "
-    # The destination is written back even when the compare fails (a locked RMW on real CPUs).
-    if d.kind == "mem":
-        d.write("a")
-    if size == 4:
-        g.emit("R[0] = a")
-    elif size == 2:
-        g.emit("R[0] = R[0] & 0xFFFF0000 | a")
-    else:
-        g.emit("R[0] = R[0] & 0xFFFFFF00 | a")
-    g.indent = ""
+    with g.block("if acc == a:"):
+        d.write("b")
+    with g.block("else:"):
+        # The destination is written back even when the compare fails (a locked RMW on real CPUs).
+        if d.kind == "mem":
+            d.write("a")
+        if size == 4:
+            g.emit("R[0] = a")
+        elif size == 2:
+            g.emit("R[0] = R[0] & 0xFFFF0000 | a")
+        else:
+            g.emit("R[0] = R[0] & 0xFFFFFF00 | a")
     g.emit(f"E.lf = ({kind(OP_SUB, size)}, acc, a, r)")
 
 

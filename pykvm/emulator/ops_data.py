@@ -180,10 +180,9 @@ def _pop(g):
         d.write("v")
     else:
         # POP m: the address is computed with the incremented ESP; undo on a faulting store.
-        g.emit("osp = R[4]", commit, "try:")
-        g.indent = "    "
-        d.write("v")
-        g.indent = ""
+        g.emit("osp = R[4]", commit)
+        with g.block("try:"):
+            d.write("v")
         g.emit("except BaseException:", "    R[4] = osp", "    raise")
 
 

@@ -149,10 +149,9 @@ def _lar(g):
     _protected_mode_only(g)
     d = g.op(0)
     fn = "lar" if g.ins.mnemonic == M.LAR else "lsl"
-    g.emit(f"v = E.{fn}({g.op(1, 2).read()} & 0xFFFF)", "if v is not None:")
-    g.indent = "    "
-    d.write(f"v & {MASKS[d.size]:#x}")
-    g.indent = ""
+    g.emit(f"v = E.{fn}({g.op(1, 2).read()} & 0xFFFF)")
+    with g.block("if v is not None:"):
+        d.write(f"v & {MASKS[d.size]:#x}")
     g.emit("E.lf = zf_only(E.lf, v is not None)")
 
 
@@ -168,10 +167,9 @@ def _arpl(g):
     """ARPL: raise the destination selector's RPL to the source's (ZF=1), else ZF=0."""
     _protected_mode_only(g)
     d = g.op(0, 2)
-    g.emit(f"a = {d.read()}", f"b = {g.op(1, 2).read()}", "if a & 3 < b & 3:")
-    g.indent = "    "
-    d.write("a & 0xFFFC | b & 3")
-    g.indent = ""
+    g.emit(f"a = {d.read()}", f"b = {g.op(1, 2).read()}")
+    with g.block("if a & 3 < b & 3:"):
+        d.write("a & 0xFFFC | b & 3")
     g.emit("E.lf = zf_only(E.lf, a & 3 < b & 3)")
 
 
