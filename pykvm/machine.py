@@ -8,6 +8,7 @@ mode (regs and sregs from the sync-regs area KVM fills on every exit, MSRs in on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -198,30 +199,35 @@ class Machine:
         control = self._control = RunControl(self.events, [self.vcpu], timeout)
         armed = None
         try:
+            self.serial.write_section = control.writing_output
             with control:
-                while True:
-                    if self.events.pending:
-                        self._handle_events()
-                    platform.poll()
-                    deadline = platform.next_deadline_ns()
-                    if deadline != armed:
-                        control.arm(deadline)
-                        armed = deadline
-                    if self.in_pvm_mode:
-                        status = self._run_kvm()
-                    else:
-                        status = self._run_emulator()
-                    if status is not None:
-                        return status
-        except GuestExit as e:
-            log.info("guest wrote %#x to the debug-exit port", e.value)
-            return e.status
+                try:
+                    while True:
+                        if self.events.pending:
+                            self._handle_events()
+                        platform.poll()
+                        deadline = platform.next_deadline_ns()
+                        if deadline != armed:
+                            control.arm(deadline)
+                            armed = deadline
+                        if self.in_pvm_mode:
+                            status = self._run_kvm()
+                        else:
+                            status = self._run_emulator()
+                        if status is not None:
+                            return status
+                except GuestExit as e:
+                    log.info("guest wrote %#x to the debug-exit port", e.value)
+                    return e.status
+                finally:
+                    # Still under the run's signal handling: a write that blocks is abandoned.
+                    self.serial.flush()
         finally:
             self._control = None
+            self.serial.write_section = contextlib.nullcontext
             self.vcpu.immediate_exit = False
             self.stats.seconds += time.perf_counter() - started
             self._count_interrupts()
-            self.serial.flush()
 
     def _handle_events(self) -> None:
         """A stop request (Ctrl-C, --timeout) ends the run; anything else was a timer kick."""
@@ -531,13 +537,16 @@ class Machine:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
-        serial = getattr(self, "serial", None)
-        if serial is not None:
-            serial.flush()
-        vm = getattr(self, "vm", None)
-        if vm is not None:
-            vm.close()
-        self.kvm.close()
+        """Flush the guest's output and close every fd and mapping (a failed flush still closes)."""
+        try:
+            serial = getattr(self, "serial", None)
+            if serial is not None:
+                serial.flush()
+        finally:
+            vm = getattr(self, "vm", None)
+            if vm is not None:
+                vm.close()
+            self.kvm.close()
 
     def __enter__(self) -> "Machine":
         return self
