@@ -8,7 +8,10 @@ Exit status of ``pykvm run``: the guest's debug-exit status ``(value << 1) | 1``
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import math
+import os
 import sys
 
 import click
@@ -49,6 +52,21 @@ class Address(click.ParamType):
             return int(value, 0)
         except ValueError:
             self.fail(f"{value!r} is not an address (use 0x... or decimal)", param, ctx)
+
+
+class Seconds(click.ParamType):
+    """A positive, finite number of seconds (``nan``, ``inf`` and negatives are usage errors)."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r} is not a positive, finite number of seconds", param, ctx)
+        return seconds
 
 
 def _fail(error: PykvmError) -> None:
@@ -161,30 +179,34 @@ def _image_options(f):
 
 
 def _open_serial(serial: str):
+    """The serial output: stdout, or the file ``serial``, opened without waiting (a FIFO nobody
+    reads yet is refused rather than blocking pykvm before the run) and unbuffered (the UART
+    flushes whole lines, and nothing is left buffered to fail at close)."""
     if serial == "stdio":
         return sys.stdout.buffer, False
     try:
-        # Unbuffered: the UART flushes whole lines, and nothing is left buffered to fail at close.
-        return open(serial, "wb", buffering=0), True
+        out = open(serial, "wb", buffering=0, opener=lambda path, flags: os.open(path, flags | os.O_NONBLOCK, 0o666))
     except OSError as e:
+        if e.errno == errno.ENXIO:
+            raise BadInputError(f"--serial {serial}: nothing is reading it (a FIFO needs its reader "
+                                "before pykvm starts)") from None
         raise BadInputError(f"--serial {serial}: {e.strerror}") from None
+    os.set_blocking(out.fileno(), True)
+    return out, True
 
 
 @contextlib.contextmanager
 def _guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emulator, emul_batch, device,
                    testdev):
     """A Machine with IMAGE loaded as the image options say; closes it and the serial file after."""
-    from pykvm.guests import resolve_image
+    from pykvm.guests import read_image, resolve_image
     from pykvm.machine import Machine
 
     memory_size = parse_size(mem)
     path = resolve_image(image)
     if image is None and mode is None:
         mode = "real"
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise BadInputError(f"{path}: {e.strerror}") from None
+    data = read_image(path, memory_size)
     serial_out, close_serial = _open_serial(serial)
     try:
         with Machine(memory_size, serial_output=serial_out, emulator=emulator, emul_batch=emul_batch,
@@ -198,7 +220,7 @@ def _guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emu
 
 @main.command()
 @_image_options
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--timeout", type=Seconds(), default=None,
               help="Stop the guest after this many seconds (exit status 10).")
 @click.option("--stats", is_flag=True, help="Print run statistics to stderr at the end.")
 def run(verbose, timeout, stats, **image_options):

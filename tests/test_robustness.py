@@ -45,6 +45,16 @@ def start(*args, importtime: bool = False, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, *flags, "-m", "pykvm", *args], **kw)
 
 
+def finish(proc: subprocess.Popen, timeout: float) -> tuple[bytes, bytes]:
+    """``communicate`` that kills the process if it does not end in ``timeout`` seconds."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+
+
 def wait_for_startup(proc: subprocess.Popen, marker: str = "click") -> None:
     """With ``importtime``: return once the process has imported ``marker`` (so pykvm's own
     signal handling is in place, and the CLI is still being imported)."""
@@ -71,8 +81,8 @@ def test_a_closed_pipe_on_stdout_ends_quietly_by_sigpipe(image):
     proc = start("run", image(PRINT_FOREVER), "--timeout", "20")
     assert proc.stdout.read(1) == b"a"
     proc.stdout.close()
-    assert proc.wait(timeout=20) == -signal.SIGPIPE
-    assert proc.stderr.read() == b""
+    _, err = finish(proc, 20)
+    assert proc.returncode == -signal.SIGPIPE and err == b""
 
 
 @pytest.mark.kvm
@@ -80,8 +90,8 @@ def test_a_closed_pipe_on_the_steppers_output_ends_quietly_by_sigpipe(image):
     proc = start("step", "-n", "100000", "--no-regs", image(SPIN))
     assert proc.stdout.readline()
     proc.stdout.close()
-    assert proc.wait(timeout=20) == -signal.SIGPIPE
-    assert proc.stderr.read() == b""
+    _, err = finish(proc, 20)
+    assert proc.returncode == -signal.SIGPIPE and err == b""
 
 
 @pytest.mark.kvm
@@ -97,7 +107,7 @@ def test_serial_to_a_full_device_is_one_line_with_status_12(image):
 def test_stdout_on_a_full_device_is_one_line_with_status_12(command):
     with open("/dev/full", "wb") as full:
         proc = start(*command, stdout=full)
-        _, err = proc.communicate(timeout=60)
+        _, err = finish(proc, 60)
     assert proc.returncode == 12
     one_error_line(err, "cannot write to stdout: No space left on device")
 
@@ -170,7 +180,7 @@ def test_a_stop_signal_stops_the_guest_flushes_its_output_and_ends_with_the_sign
         assert line and time.monotonic() < deadline
     proc.send_signal(signum)
     sent = time.monotonic()
-    out, err = proc.communicate(timeout=30)
+    out, err = finish(proc, 30)
     assert time.monotonic() - sent < 1.0
     assert out == b"abc"
     assert proc.returncode == (130 if signum == signal.SIGINT else -signum)
@@ -188,7 +198,7 @@ def test_a_signal_the_process_inherited_ignored_stays_ignored(image, signum):
     while "mode: real mode" not in (line := proc.stderr.readline().decode()):
         assert line and time.monotonic() < deadline
     proc.send_signal(signum)
-    _, err = proc.communicate(timeout=30)
+    _, err = finish(proc, 30)
     assert proc.returncode == 10
     one_error_line(err, "--timeout")
 
@@ -199,7 +209,7 @@ def test_a_stop_signal_during_startup_is_one_line_never_a_traceback_nor_status_1
     proc = start("run", "--mode", "long", "guests/hello64.S", importtime=True)
     wait_for_startup(proc)
     proc.send_signal(signum)
-    _, err = proc.communicate(timeout=30)
+    _, err = finish(proc, 30)
     assert proc.returncode == (130 if signum == signal.SIGINT else -signum)
     assert b"Traceback" not in err
     one_error_line(err)
@@ -216,7 +226,7 @@ def test_a_stop_signal_ends_a_run_whose_output_nobody_reads_within_a_second(imag
         time.sleep(2)                               # long enough to fill the pipe
         proc.send_signal(signal.SIGTERM)
         sent = time.monotonic()
-        _, err = proc.communicate(timeout=30)
+        _, err = finish(proc, 30)
         assert time.monotonic() - sent < 1.0
         assert proc.returncode == -signal.SIGTERM
         one_error_line(err, "SIGTERM")
@@ -234,7 +244,7 @@ def test_the_timeout_ends_a_run_whose_output_nobody_reads_within_a_second(image)
         while "mode: real mode" not in (line := proc.stderr.readline().decode()):
             assert line and time.monotonic() < deadline
         started = time.monotonic()
-        _, err = proc.communicate(timeout=30)
+        _, err = finish(proc, 30)
         assert time.monotonic() - started < 1 + 1.0
         assert proc.returncode == 10
         one_error_line(err, "--timeout 1s")
@@ -283,3 +293,125 @@ def test_a_usage_error_is_one_line_with_status_2(args, words):
 def test_the_usage_stays_available_with_help():
     result = invoke("run", "--help")
     assert result.exit_code == 0 and "Usage:" in result.stdout and "--timeout" in result.stdout
+
+
+# -- item 4: inputs that exited 14 or hung --------------------------------------------------------
+def _host_can_map(size: int) -> bool:
+    import mmap
+
+    try:
+        mmap.mmap(-1, size).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.kvm
+def test_more_guest_ram_than_the_host_can_map_is_a_host_error_with_status_4():
+    if _host_can_map(64 << 30):
+        pytest.skip("this host maps 64 GiB of anonymous memory (overcommit)")
+    result = invoke("run", "--mem", "64G", "--mode", "long", "guests/hello64.S")
+    assert result.exit_code == 4
+    assert result.stderr == ("pykvm: error: cannot map 0x1000000000 bytes of guest RAM: Cannot allocate memory "
+                             "(more memory than this host can give)\n")
+
+
+def test_a_failed_guest_ram_mapping_is_a_host_error(monkeypatch):
+    import mmap
+
+    from pykvm.errors import HostError
+    from pykvm.memory import GuestMemory
+
+    def no_memory(*args, **kw):
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+
+    monkeypatch.setattr(mmap, "mmap", no_memory)
+    with pytest.raises(HostError, match="Cannot allocate memory"):
+        GuestMemory(1 << 20)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "0", "1e400", "soon"])
+def test_a_timeout_that_is_not_a_positive_finite_number_is_a_usage_error(value):
+    result = invoke("run", "--timeout", value, "--mode", "long", "guests/hello64.S")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("pykvm: error: Invalid value for '--timeout'")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_command_line_that_is_not_utf8_reaches_the_guest_as_its_bytes():
+    """argv bytes that are not UTF-8 arrive as surrogate escapes; the guest gets the bytes."""
+    from pykvm.loaders import multiboot
+    from pykvm.memory import GuestMemory
+    from tests.loaders.test_loader_multiboot import aout_kernel
+
+    with GuestMemory(4 << 20) as mem:
+        multiboot.load(mem, aout_kernel(), cmdline=b"root=\xff\xfe quiet".decode("utf-8", "surrogateescape"))
+        assert mem.read(multiboot.CMDLINE_ADDR, 14) == b"root=\xff\xfe quiet\0"
+
+
+@pytest.mark.kvm
+def test_a_command_line_that_is_not_utf8_runs_the_multiboot_guest():
+    proc = start("run", "--cmdline", b"\xff\xfe console=ttyS0", "guests/multiboot32.S")
+    out, err = finish(proc, 60)
+    assert proc.returncode == 1, err
+    assert b"multiboot32: eax=0x2badb002" in out and err == b""
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "directory"])
+def test_an_image_that_is_not_a_regular_file_is_refused_without_reading_or_waiting(tmp_path, kind):
+    """A FIFO nobody writes would block the open, /dev/zero never ends."""
+    if kind == "fifo":
+        path = tmp_path / "image.fifo"
+        os.mkfifo(path)
+    else:
+        path = tmp_path if kind == "directory" else kind
+    proc = start("run", "--mem", "1M", str(path))
+    _, err = finish(proc, 60)
+    assert proc.returncode == 2
+    one_error_line(err, {"fifo": "is a FIFO", "/dev/zero": "is a character device",
+                         "directory": "is a directory"}[kind], "must be a regular file")
+
+
+def test_an_image_bigger_than_guest_ram_is_refused_before_it_is_read(tmp_path):
+    """A 64 GiB (sparse) image with 1 MiB of RAM: refused from its size, nothing read."""
+    path = tmp_path / "huge.bin"
+    with open(path, "wb") as f:
+        f.truncate(64 << 30)
+    result = invoke("run", "--mem", "1M", str(path))
+    assert result.exit_code == 2
+    assert result.stderr == (f"pykvm: error: {path} holds 0x1000000000 bytes, more than guest RAM "
+                             "(0x100000 bytes, --mem)\n")
+
+
+def test_read_image_refuses_a_file_that_changes_size_while_read(tmp_path, monkeypatch):
+    from pykvm.errors import BadInputError
+    from pykvm.guests import read_image
+
+    path = tmp_path / "growing.bin"
+    path.write_bytes(b"\x90" * 100)
+    real_fstat = os.fstat
+    monkeypatch.setattr(os, "fstat", lambda fd: os.stat_result((*real_fstat(fd)[:6], 50, *real_fstat(fd)[7:])))
+    with pytest.raises(BadInputError, match="changed size"):
+        read_image(path, 1 << 20)
+
+
+def test_a_fifo_nobody_reads_as_serial_output_is_refused_instead_of_blocking(tmp_path):
+    fifo = tmp_path / "serial.fifo"
+    os.mkfifo(fifo)
+    proc = start("run", "--serial", str(fifo), "--mode", "long", "guests/hello64.S")
+    _, err = finish(proc, 60)
+    assert proc.returncode == 2
+    one_error_line(err, "nothing is reading it")
+
+
+@pytest.mark.kvm
+def test_a_fifo_with_a_reader_takes_the_serial_output(tmp_path):
+    fifo = tmp_path / "serial.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)    # a reader (Linux allows O_RDWR on a FIFO)
+    try:
+        result = invoke("run", "--serial", str(fifo), "--mode", "long", "guests/hello64.S")
+        assert result.exit_code == 1, result.output
+        assert os.read(reader, 4096) == b"Hello from a 64-bit pykvm guest!\n"
+    finally:
+        os.close(reader)
