@@ -415,3 +415,42 @@ def test_a_fifo_with_a_reader_takes_the_serial_output(tmp_path):
         assert os.read(reader, 4096) == b"Hello from a 64-bit pykvm guest!\n"
     finally:
         os.close(reader)
+
+
+@pytest.mark.parametrize("device", ["/dev/null", "fifo", "/nonexistent/kvm"])
+def test_a_device_that_is_not_kvm_is_a_host_error_with_status_4(tmp_path, device):
+    """--device /dev/null, a FIFO (opened read-write: no waiting), a missing path."""
+    if device == "fifo":
+        device = str(tmp_path / "kvm.fifo")
+        os.mkfifo(device)
+    proc = start("run", "--device", device, "--mode", "long", "guests/hello64.S")
+    _, err = finish(proc, 60)
+    assert proc.returncode == 4
+    one_error_line(err)
+
+
+@pytest.mark.parametrize("serial,words", [("/nonexistent/dir/out", "No such file or directory"),
+                                          ("/", "Is a directory")])
+def test_a_serial_path_that_cannot_be_opened_is_bad_input(serial, words):
+    result = invoke("run", "--serial", serial, "--mode", "long", "guests/hello64.S")
+    assert result.exit_code == 2
+    assert result.stderr == f"pykvm: error: --serial {serial}: {words}\n"
+
+
+def test_an_empty_image_is_bad_input(image):
+    result = invoke("run", image(b""))
+    assert result.exit_code == 2 and result.stderr == "pykvm: error: flat image is empty\n"
+
+
+@pytest.mark.kvm
+def test_a_bug_in_pykvm_is_one_line_with_status_14(monkeypatch):
+    from pykvm.machine import Machine
+
+    def broken(self, timeout=None):
+        raise RuntimeError("an invariant broke")
+
+    monkeypatch.setattr(Machine, "run", broken)
+    result = invoke("run", "--mode", "long", "guests/hello64.S")
+    assert result.exit_code == 14
+    assert result.stderr == ("pykvm: internal error: RuntimeError: an invariant broke "
+                             "(rerun with -vv for the traceback)\n")
