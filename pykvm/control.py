@@ -26,15 +26,10 @@ import signal
 import threading
 import time
 
-from pykvm.errors import GuestTimeoutError, signal_error
+from pykvm.errors import STOP_SIGNALS, GuestTimeoutError, signal_error
 from pykvm.pvm import Events
 
 _MIN_DELAY = 50e-6     # the shortest timer delay armed (the PIT coalesces what is due by then)
-
-
-#: Signals that stop a run (each as Ctrl-C does), unless the process inherited them ignored
-#: (``nohup`` ignores SIGHUP, a background job of a non-interactive shell SIGINT).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class RunControl:

@@ -110,6 +110,11 @@ class OutputClosed(StoppedBySignal, OutputError):
         super().__init__(signal.SIGPIPE, message)
 
 
+#: The signals that stop pykvm as Ctrl-C does, unless the process inherited them ignored
+#: (``nohup`` ignores SIGHUP, a background job of a non-interactive shell SIGINT).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def signal_error(signum: int) -> StoppedBySignal:
     """The error a stop signal becomes."""
     return InterruptedByUser() if signum == signal.SIGINT else StoppedBySignal(signum)

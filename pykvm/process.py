@@ -29,9 +29,9 @@ import os
 import signal
 import sys
 
-from pykvm.errors import GuestTimeoutError, OutputClosed, StoppedBySignal, output_error, signal_error
+from pykvm.errors import (STOP_SIGNALS, GuestTimeoutError, OutputClosed, StoppedBySignal, output_error,
+                          signal_error)
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOP_GRACE = 0.5       # seconds what is left after a stop may block on a write before it is abandoned
 
 

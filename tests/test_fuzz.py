@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from tests.test_cli import invoke
-from tests.test_robustness import finish, start, wait_for_startup
+from tests.test_robustness import finish, start, wait_for_line
 
 pytestmark = pytest.mark.kvm
 
@@ -135,7 +135,7 @@ def test_a_stop_signal_at_any_moment_ends_as_documented(tmp_path_factory, signum
     path = tmp_path_factory.mktemp("fuzz") / "spin.bin"
     path.write_bytes(SPIN)
     proc = start("run", str(path), "--mode", mode, importtime=True)
-    wait_for_startup(proc)
+    wait_for_line(proc, "click")
     time.sleep(delay)
     proc.send_signal(signum)
     sent = time.monotonic()

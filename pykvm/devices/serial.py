@@ -133,8 +133,9 @@ class Serial16550:
     """One 16550A UART. ``output`` receives what the guest transmits.
 
     ``output`` is a binary stream (flushed at every newline, at ``flush()`` and at
-    ``close()``; a write error becomes ``OutputError``), a text stream (its ``buffer`` is used when it has one), a callable
-    taking ``bytes`` (called per newline-terminated chunk, and at ``flush()``), or None.
+    ``close()``; a write error becomes ``OutputError``), a text stream (its ``buffer`` is
+    used when it has one), a callable taking ``bytes`` (called per newline-terminated chunk,
+    and at ``flush()``), or None.
     """
 
     def __init__(self, output: Output = None):
@@ -177,7 +178,8 @@ class Serial16550:
 
         A failed write (a closed pipe, a full disk) raises ``OutputError`` once (``OutputClosed``
         for a closed pipe); from then on output is dropped, so the flushes at the end of the run
-        and at close neither raise again nor retry. So is it after a write a stop signal abandoned.
+        and at close neither raise again nor retry. The same goes for a write that a stop signal
+        abandoned (see ``write_section``).
         """
         data = bytes(self._pending)
         self._pending.clear()
