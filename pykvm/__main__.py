@@ -1,5 +1,5 @@
-"""``python -m pykvm`` runs the CLI."""
+"""``python -m pykvm`` runs the CLI (through ``pykvm.process``, as the ``pykvm`` command does)."""
 
-from pykvm.cli import main
+from pykvm.process import main
 
 main()

@@ -8,16 +8,21 @@ Exit status of ``pykvm run``: the guest's debug-exit status ``(value << 1) | 1``
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import math
+import os
 import sys
 
 import click
 
 from pykvm import pvm
 from pykvm.x86.state import CS
-from pykvm.errors import INTERNAL_BUG_EXIT, BadInputError, InterruptedByUser, PykvmError
+from pykvm.errors import (INTERNAL_BUG_EXIT, BadInputError, InterruptedByUser, PykvmError, output_error,
+                          signal_error)
 from pykvm.loaders import FORMATS
 from pykvm.machine import EMULATORS
+from pykvm.process import ErrorExit, Stop, raise_if_stop_noted, report
 from pykvm.x86.boot import MODES
 
 MEMORY_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -49,9 +54,34 @@ class Address(click.ParamType):
             self.fail(f"{value!r} is not an address (use 0x... or decimal)", param, ctx)
 
 
+class Seconds(click.ParamType):
+    """A positive, finite number of seconds (``nan``, ``inf`` and negatives are usage errors)."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r} is not a positive, finite number of seconds", param, ctx)
+        return seconds
+
+
 def _fail(error: PykvmError) -> None:
-    click.echo(f"pykvm: error: {error}", err=True)
-    sys.exit(error.exit_code)
+    """End with ``error``: its one line on stderr (none for a quiet one), its status."""
+    if not getattr(error, "quiet", False):
+        report(str(error))
+    raise ErrorExit(error)
+
+
+def _echo(text: str = "", err: bool = False) -> None:
+    """click.echo, with a failed write to stdout reported as the guest's output failing would be."""
+    try:
+        click.echo(text, err=err)
+    except OSError as e:
+        raise output_error(e, "stderr" if err else "stdout") from None
 
 
 def _guarded(body):
@@ -60,12 +90,36 @@ def _guarded(body):
         return body()
     except PykvmError as e:
         _fail(e)
+    except Stop as e:
+        _fail(signal_error(e.signum))
     except KeyboardInterrupt:
-        _fail(InterruptedByUser("interrupted by Ctrl-C"))
+        _fail(InterruptedByUser())
     except Exception as e:  # a bug in pykvm: still one line; -vv shows the traceback
         logging.getLogger("pykvm").debug("internal error", exc_info=True)
-        click.echo(f"pykvm: internal error: {type(e).__name__}: {e} (rerun with -vv for the traceback)", err=True)
+        report(f"{type(e).__name__}: {e} (rerun with -vv for the traceback)", prefix="pykvm: internal error: ")
         sys.exit(INTERNAL_BUG_EXIT)
+
+
+class _Commands(click.Group):
+    """click's group, with its usage errors as one ``pykvm: error:`` line and status 2, like
+    every other error (the usage itself stays with ``--help``)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        raise_if_stop_noted()          # a signal while pykvm.process itself ran
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            e.show()                   # no command at all: the help is the answer
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _fail(BadInputError(" ".join(e.format_message().split()) + hint))
+        except click.Abort:            # Ctrl-C (KeyboardInterrupt) while click was parsing
+            _fail(InterruptedByUser())
+        sys.exit(status or 0)
 
 
 def _setup_logging(verbose: int) -> None:
@@ -73,7 +127,7 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="pykvm: %(message)s", stream=sys.stderr, force=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pykvm-pvm", prog_name="pykvm")
 def main() -> None:
     """pykvm: a VMM in Python over /dev/kvm, emulating PVM's non-PVM mode in userspace."""
@@ -87,13 +141,13 @@ def info(device: str) -> None:
 
     def body() -> None:
         with Kvm(device) as kvm:
-            click.echo(f"{device}: usable, KVM API version {kvm.api_version}")
-            click.echo(f"backend: {'PVM (kvm_pvm loaded)' if kvm.is_pvm_host() else 'not PVM (kvm_pvm not loaded)'}")
-            click.echo(f"vCPU mmap size: {kvm.vcpu_mmap_size} bytes")
-            click.echo(f"supported CPUID entries: {kvm.supported_cpuid().nent}")
-            click.echo("capabilities:")
+            _echo(f"{device}: usable, KVM API version {kvm.api_version}")
+            _echo(f"backend: {'PVM (kvm_pvm loaded)' if kvm.is_pvm_host() else 'not PVM (kvm_pvm not loaded)'}")
+            _echo(f"vCPU mmap size: {kvm.vcpu_mmap_size} bytes")
+            _echo(f"supported CPUID entries: {kvm.supported_cpuid().nent}")
+            _echo("capabilities:")
             for name, value in kvm.capabilities().items():
-                click.echo(f"  {name:<20} {value}")
+                _echo(f"  {name:<20} {value}")
 
     _guarded(body)
 
@@ -125,29 +179,34 @@ def _image_options(f):
 
 
 def _open_serial(serial: str):
+    """The serial output: stdout, or the file ``serial``, opened without waiting (a FIFO nobody
+    reads yet is refused rather than blocking pykvm before the run) and unbuffered (the UART
+    flushes whole lines, and nothing is left buffered to fail at close)."""
     if serial == "stdio":
         return sys.stdout.buffer, False
     try:
-        return open(serial, "wb"), True
+        out = open(serial, "wb", buffering=0, opener=lambda path, flags: os.open(path, flags | os.O_NONBLOCK, 0o666))
     except OSError as e:
+        if e.errno == errno.ENXIO:
+            raise BadInputError(f"--serial {serial}: nothing is reading it (a FIFO needs its reader "
+                                "before pykvm starts)") from None
         raise BadInputError(f"--serial {serial}: {e.strerror}") from None
+    os.set_blocking(out.fileno(), True)
+    return out, True
 
 
 @contextlib.contextmanager
 def _guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emulator, emul_batch, device,
                    testdev):
     """A Machine with IMAGE loaded as the image options say; closes it and the serial file after."""
-    from pykvm.guests import resolve_image
+    from pykvm.guests import read_image, resolve_image
     from pykvm.machine import Machine
 
     memory_size = parse_size(mem)
     path = resolve_image(image)
     if image is None and mode is None:
         mode = "real"
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise BadInputError(f"{path}: {e.strerror}") from None
+    data = read_image(path, memory_size)
     serial_out, close_serial = _open_serial(serial)
     try:
         with Machine(memory_size, serial_output=serial_out, emulator=emulator, emul_batch=emul_batch,
@@ -161,7 +220,7 @@ def _guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emu
 
 @main.command()
 @_image_options
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--timeout", type=Seconds(), default=None,
               help="Stop the guest after this many seconds (exit status 10).")
 @click.option("--stats", is_flag=True, help="Print run statistics to stderr at the end.")
 def run(verbose, timeout, stats, **image_options):
@@ -179,9 +238,9 @@ def run(verbose, timeout, stats, **image_options):
             finally:
                 if stats:
                     s = machine.stats
-                    click.echo(f"pykvm: {s.emulated_instructions} instructions emulated, {s.kvm_exits} KVM "
-                               f"exits, {s.conversions} conversions to PVM mode, interrupts {s.interrupts_emulated} "
-                               f"emulated / {s.interrupts_injected} injected, {s.seconds:.3f}s", err=True)
+                    _echo(f"pykvm: {s.emulated_instructions} instructions emulated, {s.kvm_exits} KVM "
+                          f"exits, {s.conversions} conversions to PVM mode, interrupts {s.interrupts_emulated} "
+                          f"emulated / {s.interrupts_injected} injected, {s.seconds:.3f}s", err=True)
 
     sys.exit(_guarded(body))
 
@@ -207,16 +266,16 @@ def step(verbose, count, regs, every, **image_options):
                 in_kvm = machine.next_instruction_in_kvm
                 decoded = disassemble_at(machine.memory, state, 1)
                 text = f"{decoded[0].code.hex(' '):<24} {decoded[0].text}" if decoded else "<no code>"
-                click.echo(f"{n:>6} {'kvm' if in_kvm else 'emu'} {describe_mode(state):<28} "
-                           f"{state.seg[CS].selector:04x}:{state.rip:08x}  {text}")
+                _echo(f"{n:>6} {'kvm' if in_kvm else 'emu'} {describe_mode(state):<28} "
+                      f"{state.seg[CS].selector:04x}:{state.rip:08x}  {text}")
                 result = machine.step()
                 if every:
-                    click.echo(format_registers(machine.current_state()))
+                    _echo(format_registers(machine.current_state()))
                 if result is not None:
-                    click.echo(f"guest ended with status {result}")
+                    _echo(f"guest ended with status {result}")
                     return result
             if regs and not every:
-                click.echo(format_registers(machine.current_state()))
+                _echo(format_registers(machine.current_state()))
             return 0
 
     sys.exit(_guarded(body))

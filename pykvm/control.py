@@ -1,4 +1,5 @@
-"""Stopping and waking a run from outside the guest: ``--timeout``, Ctrl-C, device timers.
+"""Stopping and waking a run from outside the guest: ``--timeout``, Ctrl-C (and SIGTERM,
+SIGHUP), device timers.
 
 All of these arrive as signals. Python runs a signal handler only between bytecodes, so a
 handler cannot reach into a vCPU blocked in ``KVM_RUN``: the signal that interrupts
@@ -18,38 +19,67 @@ threads (``wake()``) end the sleep at once, and an idle guest costs next to no C
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
 import threading
 import time
 
-from pykvm.errors import GuestTimeoutError, InterruptedByUser
+from pykvm.errors import STOP_SIGNALS, GuestTimeoutError, signal_error
 from pykvm.pvm import Events
 
 _MIN_DELAY = 50e-6     # the shortest timer delay armed (the PIT coalesces what is due by then)
 
 
 class RunControl:
-    """Install SIGINT and a SIGALRM watchdog for one run; ``raise_if_stopped()`` turns a request into its error."""
+    """Install the stop signals' handlers and a SIGALRM watchdog for one run;
+    ``raise_if_stopped()`` turns a request into its error.
+
+    A stop (a signal, the deadline) only asks the run loops to stop: they look between batches
+    and KVM exits. The guest's output is the exception: its write can block on a pipe whose
+    reader takes nothing, where the loops cannot look. A write (``writing_output``) still going
+    on ``WRITE_GRACE`` after a stop was asked for is abandoned by the watchdog raising the stop's
+    error. A second stop signal raises it at once, wherever the run is.
+    """
 
     TICK = 0.1
+    WRITE_GRACE = 0.5
 
     def __init__(self, events: Events, vcpus, timeout: float | None):
         self.events = events
         self.vcpus = vcpus
         self.timeout = timeout
         self.deadline: float | None = None
-        self.reason: str | None = None
+        self.reason: str | int | None = None   # "timeout" or the stop signal's number
+        self.stop_time: float | None = None     # monotonic time the stop was asked for
         self.timer_due: float | None = None    # monotonic time of the next device deadline armed
         self._saved = {}
+        self._writing = False               # inside writing_output()
         self._wake_r = self._wake_w = -1      # the wake-up pipe, open while the run lasts
         self._saved_wakeup_fd = None
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason) -> None:
+        """Stop the run: ``reason`` is "timeout" or the number of the stop signal received."""
         if self.reason is None:
             self.reason = reason
+            self.stop_time = time.monotonic()
         self._kick()
+
+    def _on_stop_signal(self, signum: int, _frame) -> None:
+        asked_before = isinstance(self.reason, int)
+        self.request_stop(signum)
+        if asked_before:
+            raise self.stop_error()          # asked twice: the run loops are not getting there
+
+    @contextlib.contextmanager
+    def writing_output(self):
+        """Around a write of the guest's output, which may block (see the class)."""
+        self._writing = True
+        try:
+            yield
+        finally:
+            self._writing = False
 
     def _kick(self) -> None:
         """Make the run loops come back: the emulator between batches, KVM_RUN at once."""
@@ -58,16 +88,22 @@ class RunControl:
             if vcpu.fd >= 0:
                 vcpu.immediate_exit = True
 
-    def raise_if_stopped(self) -> None:
+    def stop_error(self):
+        """The error the requested stop ends the run with."""
         if self.reason == "timeout":
-            raise GuestTimeoutError(f"guest still running after --timeout {self.timeout:g}s")
-        if self.reason == "interrupt":
-            raise InterruptedByUser("interrupted by Ctrl-C")
+            return GuestTimeoutError(f"guest still running after --timeout {self.timeout:g}s")
+        return signal_error(self.reason)
+
+    def raise_if_stopped(self) -> None:
+        if self.reason is not None:
+            raise self.stop_error()
 
     def _tick(self, *_) -> None:
         now = time.monotonic()
         if self.deadline is not None and now >= self.deadline:
             self.request_stop("timeout")
+        if self._writing and self.stop_time is not None and now - self.stop_time >= self.WRITE_GRACE:
+            raise self.stop_error()              # a blocked write of the output holds the stop up
         due = self.timer_due
         if due is not None:
             if now >= due:
@@ -113,11 +149,17 @@ class RunControl:
             self.deadline = time.monotonic() + self.timeout
         if threading.current_thread() is not threading.main_thread():
             return self  # signals only reach the main thread; callers elsewhere use request_stop()
-        self._saved[signal.SIGINT] = signal.signal(signal.SIGINT, lambda *_: self.request_stop("interrupt"))
-        self._saved[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._tick)
-        self._saved_wakeup_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        first = self.TICK if self.timeout is None else max(min(self.timeout, self.TICK), 1e-3)
-        signal.setitimer(signal.ITIMER_REAL, first, self.TICK)
+        try:
+            for signum in STOP_SIGNALS:
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._saved[signum] = signal.signal(signum, self._on_stop_signal)
+            self._saved[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._tick)
+            self._saved_wakeup_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+            first = self.TICK if self.timeout is None else max(min(self.timeout, self.TICK), 1e-3)
+            signal.setitimer(signal.ITIMER_REAL, first, self.TICK)
+        except BaseException:        # a signal during the set-up: undo what was done
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -127,7 +169,7 @@ class RunControl:
             signal.set_wakeup_fd(self._saved_wakeup_fd)
             self._saved_wakeup_fd = None
         for signum, handler in self._saved.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._saved.clear()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import stat
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -47,3 +49,34 @@ def resolve_image(path: str | None) -> Path:
     if not p.exists():
         raise BadInputError(f"{path}: no such file")
     return p
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def read_image(path: Path, limit: int) -> bytes:
+    """The bytes of the image file ``path``, refused before anything is read when it is not a
+    regular file (a FIFO, /dev/zero) or holds more than ``limit`` bytes (guest RAM); reads no
+    more than the file's size and one byte (a file that grows meanwhile is refused too)."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below anyway).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise BadInputError(f"{path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a regular file")
+            raise BadInputError(f"{path} is {kind}: an image must be a regular file")
+        if st.st_size > limit:
+            raise BadInputError(f"{path} holds {st.st_size:#x} bytes, more than guest RAM ({limit:#x} bytes, --mem)")
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(st.st_size + 1)
+    except OSError as e:
+        raise BadInputError(f"{path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) != st.st_size:
+        raise BadInputError(f"{path} changed size while pykvm read it")
+    return data

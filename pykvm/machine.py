@@ -8,9 +8,11 @@ mode (regs and sregs from the sync-regs area KVM fills on every exit, MSRs in on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -22,8 +24,9 @@ from pykvm.devices.bus import Bus
 from pykvm.devices.debug_exit import DebugExit, GuestExit
 from pykvm.devices.serial import Serial16550
 from pykvm.x86.state import CS, CpuState
-from pykvm.errors import EmulationError, GuestShutdownError, HostError
+from pykvm.errors import EmulationError, GuestShutdownError, HostError, PykvmError
 from pykvm.kvm import Kvm
+from pykvm.kvm._owned import warn_unclosed
 from pykvm.kvm.cpu_state import SYNCED_MSRS, load_state, state_from_kvm, store_state
 from pykvm.kvm.exits import IO_HEADER, IO_HEADER_OFFSET, IO_STRUCTS, ExitReason
 from pykvm.kvm.vcpu import SYNC_CS_L_BYTE, SYNC_EFER_LMA_BYTE, MsrBackend
@@ -75,6 +78,7 @@ class Machine:
             raise ValueError(f"emulator must be one of {EMULATORS}")
         if emul_batch < 1:
             raise ValueError("the emulation batch must be at least 1 instruction")
+        self.closed = False
         self.emulator_kind = emulator
         self.emul_batch = emul_batch
         self.stats = RunStats()
@@ -89,14 +93,16 @@ class Machine:
             # must answer the same, so a guest sees one processor across the PVM conversion.
             self._cpuid = self.vcpu.get_cpuid()
             self.vcpu.enable_sync_regs()
+            self.bus = Bus()
+            self.serial = Serial16550(serial_output if serial_output is not None else sys.stdout.buffer)
+            self.bus.pio.register(COM1, 8, self.serial)
+            self.bus.pio.register(debug_exit.PORT, debug_exit.LENGTH, DebugExit())
+            self.platform = PcPlatform(self.bus, memory_size, testdev=testdev)
         except BaseException:
             self.close()
             raise
-        self.bus = Bus()
-        self.serial = Serial16550(serial_output if serial_output is not None else sys.stdout.buffer)
-        self.bus.pio.register(COM1, 8, self.serial)
-        self.bus.pio.register(debug_exit.PORT, debug_exit.LENGTH, DebugExit())
-        self.platform = PcPlatform(self.bus, memory_size, testdev=testdev)
+        # A Machine dropped without close() is closed when collected, with one ResourceWarning.
+        self._finalizer = weakref.finalize(self, _close_dropped, self.serial, self.vm, self.kvm)
         self.platform.on_intr_change = self._intr_changed
         self._control: RunControl | None = None
         self.state: CpuState | None = None
@@ -189,6 +195,7 @@ class Machine:
 
         Raises a ``PykvmError`` for triple faults, emulation failures, timeouts and Ctrl-C.
         """
+        self._check_open()
         if self.state is None:
             raise HostError("nothing loaded: call load() or set_state() first")
         started = time.perf_counter()
@@ -199,30 +206,35 @@ class Machine:
         control = self._control = RunControl(self.events, [self.vcpu], timeout)
         armed = None
         try:
+            self.serial.write_section = control.writing_output
             with control:
-                while True:
-                    if self.events.pending:
-                        self._handle_events()
-                    platform.poll()
-                    deadline = platform.next_deadline_ns()
-                    if deadline != armed:
-                        control.arm(deadline)
-                        armed = deadline
-                    if self.in_pvm_mode:
-                        status = self._run_kvm()
-                    else:
-                        status = self._run_emulator()
-                    if status is not None:
-                        return status
-        except GuestExit as e:
-            log.info("guest wrote %#x to the debug-exit port", e.value)
-            return e.status
+                try:
+                    while True:
+                        if self.events.pending:
+                            self._handle_events()
+                        platform.poll()
+                        deadline = platform.next_deadline_ns()
+                        if deadline != armed:
+                            control.arm(deadline)
+                            armed = deadline
+                        if self.in_pvm_mode:
+                            status = self._run_kvm()
+                        else:
+                            status = self._run_emulator()
+                        if status is not None:
+                            return status
+                except GuestExit as e:
+                    log.info("guest wrote %#x to the debug-exit port", e.value)
+                    return e.status
+                finally:
+                    # Still under the run's signal handling: a write that blocks is abandoned.
+                    self.serial.flush()
         finally:
             self._control = None
+            self.serial.write_section = contextlib.nullcontext
             self.vcpu.immediate_exit = False
             self.stats.seconds += time.perf_counter() - started
             self._count_interrupts()
-            self.serial.flush()
 
     def _handle_events(self) -> None:
         """A stop request (Ctrl-C, --timeout) ends the run; anything else was a timer kick."""
@@ -470,6 +482,7 @@ class Machine:
         Returns the exit status if the guest ended with that instruction (halt with
         interrupts off, debug-exit write), else None.
         """
+        self._check_open()
         if self.state is None:
             raise HostError("nothing loaded: call load() or set_state() first")
         self._in_step = True
@@ -532,16 +545,41 @@ class Machine:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
-        serial = getattr(self, "serial", None)
-        if serial is not None:
-            serial.flush()
-        vm = getattr(self, "vm", None)
-        if vm is not None:
-            vm.close()
-        self.kvm.close()
+        """Flush the guest's output and close every fd and mapping (a failed flush still
+        closes). Closing again does nothing; running or stepping a closed Machine is an error."""
+        finalizer = getattr(self, "_finalizer", None)
+        if finalizer is not None:
+            finalizer.detach()
+        self.closed = True
+        _close(getattr(self, "serial", None), getattr(self, "vm", None), self.kvm)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("the Machine is closed")
 
     def __enter__(self) -> "Machine":
+        self._check_open()
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _close(serial, vm, kvm) -> None:
+    try:
+        if serial is not None:
+            serial.flush()
+    finally:
+        if vm is not None:
+            vm.close()
+        kvm.close()
+
+
+def _close_dropped(serial, vm, kvm) -> None:
+    """A Machine was collected without close(): close it now (its output still flushed if the
+    output takes it, as Python does for a file)."""
+    warn_unclosed("Machine")
+    try:
+        _close(serial, vm, kvm)
+    except PykvmError:
+        pass                         # an output that fails: nothing to report it to here

@@ -11,7 +11,7 @@ from __future__ import annotations
 import mmap
 import struct
 
-from pykvm.errors import BadInputError, PykvmError
+from pykvm.errors import BadInputError, HostError, PykvmError
 
 
 class GuestMemoryError(PykvmError):
@@ -31,8 +31,12 @@ class GuestMemory:
             raise BadInputError(f"guest memory size must be a positive multiple of 4 KiB, not {size}")
         self.base = base
         self.size = size
-        self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-                              prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                                  prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as e:    # ENOMEM: more than the host will commit
+            raise HostError(f"cannot map {size:#x} bytes of guest RAM: {e.strerror} "
+                            "(more memory than this host can give)") from None
         self.view = memoryview(self._map)
         self.closed = False
 

@@ -31,9 +31,14 @@ offset read               write
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
+import os
 from collections import deque
 from typing import BinaryIO, Callable, Union
+
+from pykvm.errors import output_error
 
 # Register offsets.
 RBR = THR = DLL = 0
@@ -106,6 +111,17 @@ def _writer(output: Output) -> tuple[Callable[[bytes], object], Callable[[], obj
             output.flush()
             return raw.write, raw.flush
         return (lambda data: output.write(data.decode("latin-1"))), output.flush
+    if isinstance(output, io.RawIOBase):
+        # Unbuffered: the UART buffers lines itself; a raw write may take only part of the data.
+        def write_all(data: bytes) -> None:
+            view = memoryview(data)
+            while view:
+                written = output.write(view)
+                if written is None:           # a non-blocking file that is full
+                    raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+                view = view[written:]
+
+        return write_all, (lambda: None)
     if hasattr(output, "write"):
         return output.write, getattr(output, "flush", lambda: None)
     if callable(output):
@@ -117,12 +133,18 @@ class Serial16550:
     """One 16550A UART. ``output`` receives what the guest transmits.
 
     ``output`` is a binary stream (flushed at every newline, at ``flush()`` and at
-    ``close()``), a text stream (its ``buffer`` is used when it has one), a callable
-    taking ``bytes`` (called per newline-terminated chunk, and at ``flush()``), or None.
+    ``close()``; a write error becomes ``OutputError``), a text stream (its ``buffer`` is
+    used when it has one), a callable taking ``bytes`` (called per newline-terminated chunk,
+    and at ``flush()``), or None.
     """
 
     def __init__(self, output: Output = None):
         self._write, self._flush = _writer(output)
+        self._where = str(getattr(output, "name", "the serial output")).strip("<>")   # <stdout>
+        self._failed = False          # a write failed: later output is dropped, not retried
+        # Entered around every write to the output: the run loop uses it to let a stop signal
+        # abandon a write that blocks (a pipe whose reader takes nothing).
+        self.write_section = contextlib.nullcontext
         self._pending = bytearray()
         self._rx: deque[int] = deque()
         self.reset()
@@ -152,12 +174,28 @@ class Serial16550:
         return len(self._rx)
 
     def flush(self) -> None:
-        """Hand everything the guest transmitted to the output (called at run end, on halt)."""
-        if self._pending:
-            data = bytes(self._pending)
-            self._pending.clear()
-            self._write(data)
-        self._flush()
+        """Hand everything the guest transmitted to the output (called at run end, on halt).
+
+        A failed write (a closed pipe, a full disk) raises ``OutputError`` once (``OutputClosed``
+        for a closed pipe); from then on output is dropped, so the flushes at the end of the run
+        and at close neither raise again nor retry. The same goes for a write that a stop signal
+        abandoned (see ``write_section``).
+        """
+        data = bytes(self._pending)
+        self._pending.clear()
+        if self._failed:
+            return
+        try:
+            with self.write_section():
+                if data:
+                    self._write(data)
+                self._flush()
+        except OSError as e:
+            self._failed = True
+            raise output_error(e, self._where) from None
+        except BaseException:
+            self._failed = True      # a stop signal abandoned the write: the rest is dropped
+            raise
 
     def close(self) -> None:
         """Flush; the output stream itself belongs to the caller and stays open."""

@@ -40,6 +40,28 @@ def _raised_by_emulator(exc: BaseException) -> bool:
     return last is None or any(part in last for part in _OWN_CODE)
 
 
+def _line_bytes(page: int, start: int, end: int):
+    """(key, byte mask) of each 64-byte line that bytes [start, end) of ``page`` touch: the key
+    is the line's physical address >> 6, bit i of the mask byte i of the line."""
+    end = min(max(end, start + 1), 0x1000)
+    base = page << 6
+    while start < end:
+        stop = min(end, (start | 63) + 1)
+        yield base | start >> 6, _byte_mask(start, stop)
+        start = stop
+
+
+def _byte_mask(start: int, end: int) -> int:
+    """Bits (start & 63) .. of bytes [start, end) within one line (empty when end <= start)."""
+    return ((1 << (end - start)) - 1) << (start & 63) if end > start else 0
+
+
+# Instructions kept translated before the whole cache is dropped (as QEMU flushes a full code
+# buffer). The guests here translate at most ~2,000; code that wanders through memory (random
+# bytes, zeroed RAM) would otherwise grow the cache, and the garbage collector's work with it,
+# without bound.
+CODE_CACHE_LIMIT = 1 << 15
+
 CpuidFn = Callable[[int, int], "tuple[int, int, int, int]"]
 
 
@@ -77,6 +99,7 @@ class Emulator(SystemOps):
         self.delivery_observer = None
         self.reset_side_state()
         self._caches: dict[tuple, dict] = {}
+        self.cached_instructions = 0   # instructions in the cached blocks (CODE_CACHE_LIMIT)
         self.shapes: dict[tuple, dict] = {}   # (bitness, stack32) -> instruction bytes -> recipe
         self.cache: dict[int, object] = {}
         self._ctl = None
@@ -161,6 +184,9 @@ class Emulator(SystemOps):
             cache.clear()
         self.mmu.code_pages.clear()
         self.mmu.code_lines.clear()
+        self.mmu.line_blocks.clear()
+        self.mmu.code_bytes.clear()
+        self.cached_instructions = 0
 
     def flush_tlb(self) -> None:
         """TLB flush (CR3 write, INVLPG): blocks are keyed by linear address, so they go too."""
@@ -174,39 +200,74 @@ class Emulator(SystemOps):
 
     def _on_code_write(self, page: int, offset: int = 0, size: int = 0x1000) -> None:
         """A store hit bytes [offset, offset+size) of a physical page with translated code:
-        drop the blocks made from those bytes and recompute the page's code-line bitmap."""
+        drop the blocks made from those bytes. The index is by 64-byte line with a mask of the
+        bytes that hold code, so a store costs what it touches: nothing more when it only hits
+        data next to code, the blocks of its own lines when it hits code."""
         mmu = self.mmu
-        blocks = mmu.code_pages.get(page)
-        if not blocks:
-            return
+        code_bytes, line_blocks = mmu.code_bytes, mmu.line_blocks
         end = offset + size
-        for blk in [b for b in blocks
-                    if any(p == page and s < end and offset < e for p, s, e in b.ranges)]:
+        hit = set()
+        for key, mask in _line_bytes(page, offset, end):
+            if code_bytes.get(key, 0) & mask:
+                hit.update(b for b in line_blocks[key]
+                           if any(p == page and s < end and offset < e for p, s, e in b.ranges))
+        for blk in hit:
             blk.valid = False
             blk.fns.clear()
             if blk.cache is not None and blk.cache.get(blk.key) is blk:
                 del blk.cache[blk.key]
-            for p in blk.pages:
-                users = mmu.code_pages.get(p)
-                if users is not None:
-                    users.discard(blk)
-                    if p != page:
-                        self._recompute_lines(p)
-        self._recompute_lines(page)
+            self._unindex(blk)
 
-    def _recompute_lines(self, page: int) -> None:
+    def _index(self, blk) -> None:
+        """Record ``blk`` under every page and 64-byte line its bytes came from."""
         mmu = self.mmu
-        users = mmu.code_pages.get(page)
-        if not users:
-            mmu.code_pages.pop(page, None)
-            mmu.code_lines.pop(page, None)
-            return
-        lines = 0
-        for blk in users:
-            for p, s, e in blk.ranges:
-                if p == page:
-                    lines |= line_mask(s, max(e - s, 1))
-        mmu.code_lines[page] = lines
+        code_pages, code_lines, code_bytes, line_blocks = mmu.code_pages, mmu.code_lines, mmu.code_bytes, mmu.line_blocks
+        self.cached_instructions += blk.n
+        for page, start, end in blk.ranges:
+            users = code_pages.get(page)
+            if users is None:
+                users = code_pages[page] = set()
+                # Writes to this page must now take the slow path (which checks for code).
+                mmu.wtlb.clear()
+            users.add(blk)
+            code_lines[page] = code_lines.get(page, 0) | line_mask(start, max(end - start, 1))
+            for key, mask in _line_bytes(page, start, end):
+                users = line_blocks.get(key)
+                if users is None:
+                    users = line_blocks[key] = set()
+                users.add(blk)
+                code_bytes[key] = code_bytes.get(key, 0) | mask
+
+    def _unindex(self, blk) -> None:
+        """Remove ``blk`` from the indexes: its lines' byte masks are recomputed from the blocks
+        left there; a line (a page) left without code leaves the page's bitmap (the pages with code)."""
+        mmu = self.mmu
+        code_pages, code_lines, code_bytes, line_blocks = mmu.code_pages, mmu.code_lines, mmu.code_bytes, mmu.line_blocks
+        self.cached_instructions -= blk.n
+        for page, start, end in blk.ranges:
+            for key, _ in _line_bytes(page, start, end):
+                users = line_blocks.get(key)
+                if users is None:
+                    continue
+                users.discard(blk)
+                if users:
+                    lo = (key & 63) << 6
+                    mask = 0
+                    for other in users:
+                        for p, s, e in other.ranges:
+                            if p == page:
+                                mask |= _byte_mask(max(s, lo), min(max(e, s + 1), lo + 64))
+                    code_bytes[key] = mask
+                else:
+                    del line_blocks[key], code_bytes[key]
+                    if page in code_lines:
+                        code_lines[page] &= ~(1 << (key & 63))
+            users = code_pages.get(page)
+            if users is not None:
+                users.discard(blk)
+                if not users:
+                    del code_pages[page]
+                    code_lines.pop(page, None)
 
     def linear_rip(self) -> int:
         return (self.state.seg[CS].base + self.state.rip) & 0xFFFFFFFF
@@ -247,19 +308,16 @@ class Emulator(SystemOps):
     def _translate(self, lin: int, eip: int):
         blk, cacheable = translate_block(self, lin, eip)
         if cacheable and blk.pages:
+            if self.cached_instructions > CODE_CACHE_LIMIT:
+                self.flush_blocks()
+            old = self.cache.get(lin)
+            if old is not None:             # the same linear address under another CS base
+                old.valid = False
+                self._unindex(old)
             blk.key = lin
             blk.cache = self.cache
             self.cache[lin] = blk
-            mmu = self.mmu
-            code_pages = mmu.code_pages
-            for page, start, end in blk.ranges:
-                users = code_pages.get(page)
-                if users is None:
-                    users = code_pages[page] = set()
-                    # Writes to this page must now take the slow path (which checks for code).
-                    mmu.wtlb.clear()
-                users.add(blk)
-                mmu.code_lines[page] = mmu.code_lines.get(page, 0) | line_mask(start, max(end - start, 1))
+            self._index(blk)
         return blk
 
     # -- execution --------------------------------------------------------------------------

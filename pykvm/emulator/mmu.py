@@ -10,8 +10,10 @@ cross a page, MMIO, writes to pages holding translated code) takes the slow path
 The TLBs only ever hold RAM pages; the write TLB never holds a page that has translated
 code on it, so a store into such a page always reaches the slow path. There, a second
 small TLB (``cwtlb``) and a per-page bitmap of 64-byte lines holding code decide quickly
-whether the store really hits code (then the emulator drops the stale blocks:
-self-modifying code stays correct) or only data sharing the page (then it is just done).
+whether the store may hit code; the emulator's per-line masks of the bytes holding code then
+say whether it does (it drops the stale blocks, looking only at the blocks indexed under the
+lines the store touches: self-modifying code stays correct) or only touches data sharing the
+page or the line (then it is just done).
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class Mmu:
         self.wtlb: dict[int, int] = {}
         self.code_pages: dict[int, set] = {}   # physical page number -> blocks translated from it
         self.code_lines: dict[int, int] = {}   # physical page number -> bitmap of 64-byte lines with code
+        self.line_blocks: dict[int, set] = {}  # physical address >> 6 -> blocks with bytes in that line
+        self.code_bytes: dict[int, int] = {}   # physical address >> 6 -> mask of the line's bytes with code
         self.cwtlb: dict[int, tuple[int, int]] = {}   # linear page -> (RAM offset, physical page) of code pages
         self.paging = False
         self.user = False

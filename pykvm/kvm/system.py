@@ -9,6 +9,7 @@ from pathlib import Path
 from pykvm.errors import HostError, KvmIoctlError
 from pykvm.kvm import ioctls as K
 from pykvm.kvm._ffi import ffi
+from pykvm.kvm._owned import own_fd
 from pykvm.kvm._syscall import ioctl, ioctl_int
 
 KVM_API_VERSION = 12
@@ -35,13 +36,14 @@ class Kvm:
     def __init__(self, path: str = DEFAULT_DEVICE):
         self.path = path
         self.fd = open_kvm_device(path)
+        self._finalizer = own_fd(self, self.fd, f"Kvm {path}")
         try:
             self.api_version = ioctl_int(self.fd, K.KVM_GET_API_VERSION, 0, "KVM_GET_API_VERSION")
             if self.api_version != KVM_API_VERSION:
                 raise HostError(f"{path} speaks KVM API version {self.api_version}, pykvm needs {KVM_API_VERSION}")
             self.vcpu_mmap_size = ioctl_int(self.fd, K.KVM_GET_VCPU_MMAP_SIZE, 0, "KVM_GET_VCPU_MMAP_SIZE")
         except BaseException:
-            os.close(self.fd)
+            self.close()
             raise
         self._supported_cpuid = None
 
@@ -79,6 +81,8 @@ class Kvm:
         return Vm(self, fd)
 
     def close(self) -> None:
+        """Close the system fd (again: nothing)."""
+        self._finalizer.detach()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -15,6 +15,7 @@ import os
 from pykvm.errors import KvmIoctlError
 from pykvm.kvm import ioctls as K
 from pykvm.kvm._ffi import ffi, libc
+from pykvm.kvm._owned import own_fd
 
 from pykvm.kvm._syscall import NULL, ioctl
 from pykvm.kvm.exits import Exit, ExitReason, make_exit_table
@@ -48,6 +49,9 @@ class Vcpu:
         self._debug = ffi.new("struct kvm_guest_debug *")
         self._events = ffi.new("struct kvm_vcpu_events *")
         self._interrupt = ffi.new("struct kvm_interrupt *")
+        # Dropped without close(): the fd is closed then, the mapping goes with its last user.
+        # (Registered last: if __init__ fails, Vm.create_vcpu closes the fd.)
+        self._finalizer = own_fd(self, fd, f"Vcpu {index}")
 
     # -- running --------------------------------------------------------------------------
     def run(self) -> Exit:
@@ -95,12 +99,14 @@ class Vcpu:
 
     @property
     def immediate_exit(self) -> bool:
-        return bool(self.kvm_run.immediate_exit)
+        return self.fd >= 0 and bool(self.kvm_run.immediate_exit)
 
     @immediate_exit.setter
     def immediate_exit(self, value: bool) -> None:
-        """When set, the next KVM_RUN returns at once with EINTR (safe to set from a signal handler)."""
-        self.kvm_run.immediate_exit = 1 if value else 0
+        """When set, the next KVM_RUN returns at once with EINTR (safe to set from a signal
+        handler; on a closed vCPU it does nothing: the mapping is gone)."""
+        if self.fd >= 0:
+            self.kvm_run.immediate_exit = 1 if value else 0
 
     def enable_sync_regs(self, mask: int = K.KVM_SYNC_X86_REGS | K.KVM_SYNC_X86_SREGS | K.KVM_SYNC_X86_EVENTS) -> None:
         """Ask KVM to copy regs/sregs/events into ``kvm_run.s.regs`` on every exit (KVM_CAP_SYNC_REGS)."""
@@ -230,6 +236,9 @@ class Vcpu:
 
     # -- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:
+        """Close the vCPU fd and unmap ``kvm_run``; nothing reads the mapping after (the exit
+        records are detached, ``kvm_run`` is None). Closing again does nothing."""
+        self._finalizer.detach()
         if self.fd < 0:
             return
         for record in {*self._exits, self._unsupported}:
@@ -237,10 +246,10 @@ class Vcpu:
         self._exits, self._unsupported = [], None
         ffi.release(self.kvm_run)       # drop cffi's export of the mapping
         self.kvm_run = None
-        self._view.release()
-        self._mmap.close()
         os.close(self.fd)
         self.fd = -1
+        self._view.release()
+        self._mmap.close()
 
     def __enter__(self) -> "Vcpu":
         return self

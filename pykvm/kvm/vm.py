@@ -7,6 +7,7 @@ import os
 from pykvm.errors import BadInputError
 from pykvm.kvm import ioctls as K
 from pykvm.kvm._ffi import ffi
+from pykvm.kvm._owned import own_fd
 from pykvm.kvm._syscall import ioctl, ioctl_int
 from pykvm.memory import GuestMemory
 
@@ -17,6 +18,7 @@ class Vm:
     def __init__(self, kvm, fd: int):
         self.kvm = kvm
         self.fd = fd
+        self._finalizer = own_fd(self, fd, "Vm")
         self.vcpus: list = []
         self.memory_slots: dict[int, GuestMemory] = {}
         self._region = ffi.new("struct kvm_userspace_memory_region *")
@@ -70,16 +72,18 @@ class Vm:
 
     # -- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
-        """Close every vCPU, then the VM fd, then unmap guest memory (KVM holds no reference after)."""
-        for vcpu in self.vcpus:
-            vcpu.close()
-        self.vcpus.clear()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        for memory in self.memory_slots.values():
-            memory.close()
-        self.memory_slots.clear()
+        """Close every vCPU, then the VM fd, then unmap guest memory (KVM holds no reference
+        after); each step even if an earlier one failed. Closing again does nothing."""
+        self._finalizer.detach()
+        try:
+            while self.vcpus:
+                self.vcpus.pop().close()
+        finally:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+            while self.memory_slots:
+                self.memory_slots.popitem()[1].close()
 
     def __enter__(self) -> "Vm":
         return self

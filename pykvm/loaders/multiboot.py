@@ -179,7 +179,8 @@ def _encode_cmdline(cmdline: str | None) -> bytes | None:
         return None
     if "\0" in cmdline:
         raise BadInputError("the kernel command line may not contain NUL characters")
-    raw = cmdline.encode("utf-8")
+    # Command-line arguments that are not UTF-8 arrive as surrogate escapes: pass the bytes on.
+    raw = cmdline.encode("utf-8", "surrogateescape")
     room = CMDLINE_END - CMDLINE_ADDR - 1
     if len(raw) > room:
         raise BadInputError(f"the kernel command line is {len(raw)} bytes, at most {room} fit")
