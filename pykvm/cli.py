@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -24,6 +25,7 @@ from pykvm.loaders import FORMATS
 from pykvm.machine import EMULATORS
 from pykvm.process import ErrorExit, Stop, raise_if_stop_noted, report
 from pykvm.x86.boot import MODES
+from pykvm.x86.memmap import ROM_MAX
 
 MEMORY_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -162,7 +164,13 @@ def _image_options(f):
         click.option("--load-addr", type=Address(), default=None, help="Where a flat image is loaded."),
         click.option("--entry", type=Address(), default=None, help="Entry point (default: load address)."),
         click.option("--mem", "mem", default="64M", show_default=True, help="Guest RAM size."),
-        click.option("--cmdline", default="", help="Kernel command line (multiboot)."),
+        click.option("--cmdline", default="", help="Kernel command line (multiboot, PVH)."),
+        click.option("--module", "modules", multiple=True, metavar="PATH[,CMDLINE]",
+                     help="A boot module for a multiboot or PVH kernel (repeatable); its string is "
+                          "CMDLINE, or PATH as given."),
+        click.option("--bios", default=None, metavar="ROM",
+                     help="Firmware image (64 KiB-16 MiB) mapped read-only below 4 GiB and started at "
+                          "the reset vector; takes no IMAGE."),
         click.option("--serial", default="stdio", show_default=True, help="Serial output: stdio or a file path."),
         click.option("--emulator", type=click.Choice(EMULATORS), default="userspace",
                      show_default=True, help="Who emulates non-PVM mode: pykvm, or the host kernel."),
@@ -170,8 +178,9 @@ def _image_options(f):
                      help="Instructions emulated per batch before checking for events."),
         click.option("-v", "--verbose", count=True, help="Log mode switches and conversions (-vv: also every KVM exit and unclaimed access)."),
         click.option("--device", default="/dev/kvm", show_default=True, help="KVM device to use."),
-        click.option("--testdev", is_flag=True,
-                     help="Add QEMU's pc-testdev (ports 0xe0-0xe4, IRQ lines at 0x2000+n), as kvm-unit-tests use it."),
+        click.option("--testdev/--no-testdev", default=None,
+                     help="Add QEMU's pc-testdev (ports 0xe0-0xe4, IRQ lines at 0x2000+n), as kvm-unit-tests use "
+                          "it (default: only for the guests of guests/ that need it)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -195,23 +204,57 @@ def _open_serial(serial: str):
     return out, True
 
 
+def _read_modules(specs, limit: int) -> list:
+    """``--module PATH[,CMDLINE]`` values: the file's bytes and its string (CMDLINE, else PATH)."""
+    from pykvm.guests import read_image
+    from pykvm.loaders import Module
+
+    modules = []
+    for spec in specs:
+        path, comma, cmdline = spec.partition(",")
+        if not path:
+            raise BadInputError(f"--module {spec!r}: expected PATH[,CMDLINE]")
+        modules.append(Module(read_image(Path(path), limit), cmdline if comma else path))
+    return modules
+
+
 @contextlib.contextmanager
-def _guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, serial, emulator, emul_batch, device,
-                   testdev):
-    """A Machine with IMAGE loaded as the image options say; closes it and the serial file after."""
-    from pykvm.guests import read_image, resolve_image
+def _guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, modules, bios, serial, emulator,
+                   emul_batch, device, testdev):
+    """A Machine with IMAGE loaded as the image options say (or the ``--bios`` firmware at the
+    reset vector); closes it and the serial file after."""
+    from pykvm.guests import read_image, resolve
     from pykvm.machine import Machine
 
     memory_size = parse_size(mem)
-    path = resolve_image(image)
-    if image is None and mode is None:
-        mode = "real"
-    data = read_image(path, memory_size)
+    if bios is not None:
+        if image is not None:
+            raise BadInputError("--bios starts the firmware at the reset vector and takes no IMAGE "
+                                "(pykvm has no fw_cfg to hand one over)")
+        rom_path, image_data = Path(bios), None
+    else:
+        path, defaults = resolve(image)      # the library's guests say how they start
+        testdev = defaults.get("testdev", False) if testdev is None else testdev
+        rom_path, image_data = (path, None) if defaults.get("rom") else (None, read_image(path, memory_size))
+    if rom_path is not None:
+        given = [name for name, value in (("--format", fmt != "auto"), ("--mode", mode), ("--load-addr", load_addr),
+                                          ("--entry", entry), ("--cmdline", cmdline), ("--module", modules))
+                 if value not in (None, False, "", ())]
+        if given:
+            raise BadInputError(f"{', '.join(given)} do not apply to firmware started at the reset vector")
+        rom = read_image(rom_path, ROM_MAX, limit_what="a firmware ROM may hold (64 KiB to 16 MiB)")
+    else:
+        rom = None
+        if image is None and mode is None:
+            mode = "real"
+    module_list = _read_modules(modules, memory_size)
     serial_out, close_serial = _open_serial(serial)
     try:
         with Machine(memory_size, serial_output=serial_out, emulator=emulator, emul_batch=emul_batch,
-                     kvm_path=device, testdev=testdev) as machine:
-            machine.load(data, fmt, mode=mode, load_addr=load_addr, entry=entry, cmdline=cmdline)
+                     kvm_path=device, testdev=bool(testdev), bios=rom) as machine:
+            if image_data is not None:
+                machine.load(image_data, fmt, mode=mode, load_addr=load_addr, entry=entry, cmdline=cmdline,
+                             modules=module_list)
             yield machine
     finally:
         if close_serial:
@@ -264,7 +307,7 @@ def step(verbose, count, regs, every, **image_options):
             for n in range(count):
                 state = machine.current_state()
                 in_kvm = machine.next_instruction_in_kvm
-                decoded = disassemble_at(machine.memory, state, 1)
+                decoded = disassemble_at(machine.physical, state, 1)
                 text = f"{decoded[0].code.hex(' '):<24} {decoded[0].text}" if decoded else "<no code>"
                 _echo(f"{n:>6} {'kvm' if in_kvm else 'emu'} {describe_mode(state):<28} "
                       f"{state.seg[CS].selector:04x}:{state.rip:08x}  {text}")

@@ -14,6 +14,7 @@ import sys
 import time
 import weakref
 from dataclasses import dataclass
+from functools import cached_property
 from typing import BinaryIO
 
 from pykvm import pvm
@@ -30,7 +31,11 @@ from pykvm.kvm._owned import warn_unclosed
 from pykvm.kvm.cpu_state import SYNCED_MSRS, load_state, state_from_kvm, store_state
 from pykvm.kvm.exits import IO_HEADER, IO_HEADER_OFFSET, IO_STRUCTS, ExitReason
 from pykvm.kvm.vcpu import SYNC_CS_L_BYTE, SYNC_EFER_LMA_BYTE, MsrBackend
+from pykvm.devices.rom import Rom
+from pykvm.devices.testdev import IOMEM_BASE, IOMEM_SIZE
+from pykvm.memory import GuestMemory, MemoryDevice, PhysicalView
 from pykvm.platform import PcPlatform
+from pykvm.x86 import boot, memmap
 from pykvm.x86.bits import CR0_PE, CR0_PG, EFER_LMA, FLAG_IF
 
 log = logging.getLogger("pykvm")
@@ -73,7 +78,7 @@ class Machine:
 
     def __init__(self, memory_size: int = DEFAULT_MEMORY, serial_output: BinaryIO | None = None,
                  emulator: str = "userspace", emul_batch: int = pvm.DEFAULT_BATCH, kvm_path: str = "/dev/kvm",
-                 testdev: bool = False):
+                 testdev: bool = False, bios: bytes | None = None):
         if emulator not in EMULATORS:
             raise ValueError(f"emulator must be one of {EMULATORS}")
         if emul_batch < 1:
@@ -83,10 +88,19 @@ class Machine:
         self.emul_batch = emul_batch
         self.stats = RunStats()
         self.events = pvm.Events()
-        self.kvm = Kvm(kvm_path)
+        # Everything about the address space follows from the map (checked before any fd is open).
+        mmio = ((IOMEM_BASE, IOMEM_SIZE, "pc-testdev MMIO scratch"),) if testdev else ()
+        self.memory_map = memmap.pc_memory_map(memory_size, len(bios) if bios is not None else 0, mmio)
+        self.rom = Rom(bios) if bios is not None else None
+        self.high_memory = None
+        try:
+            self.kvm = Kvm(kvm_path)
+        except BaseException:
+            self._close_mappings()
+            raise
         try:
             self.vm = self.kvm.create_vm()
-            self.memory = self.vm.create_memory(memory_size)
+            self._map_memory(memory_size)
             self.vcpu = self.vm.create_vcpu()
             self.vcpu.set_cpuid(vcpu_cpuid(self.kvm.supported_cpuid(), self.vcpu.index))
             # What the vCPU really reports (PVM adjusts the table it is given): the emulator
@@ -97,7 +111,11 @@ class Machine:
             self.serial = Serial16550(serial_output if serial_output is not None else sys.stdout.buffer)
             self.bus.pio.register(COM1, 8, self.serial)
             self.bus.pio.register(debug_exit.PORT, debug_exit.LENGTH, DebugExit())
-            self.platform = PcPlatform(self.bus, memory_size, testdev=testdev)
+            if self.rom is not None:
+                self.rom.attach(self.bus)
+            if self.high_memory is not None:
+                self.bus.mmio.register(self.high_memory.base, self.high_memory.size, MemoryDevice(self.high_memory))
+            self.platform = PcPlatform(self.bus, self.memory_map, testdev=testdev)
         except BaseException:
             self.close()
             raise
@@ -116,16 +134,67 @@ class Machine:
         self._in_step = False
         self._last_mode = None     # for -v: the mode last logged
         self.image = None
+        if log.isEnabledFor(logging.INFO):
+            log.info("memory map:")
+            for line in self.memory_map.describe():
+                log.info("  %s", line)
+        if self.rom is not None:
+            self.set_state(boot.reset_state(self.cpuid_signature))
+
+    def _map_memory(self, memory_size: int) -> None:
+        """RAM below the PCI hole in one mapping, the rest at 4 GiB, the ROM in two read-only slots.
+
+        The legacy hole is reserved in the map (loaders put nothing there, the guest's memory map
+        says so), but backed by RAM like the shadow RAM a PC has there, except where the ROM's
+        alias shows: that range is a hole in the mapping, for KVM (no RAM slot covers it) and
+        for the emulator (``GuestMemory.hole``).
+        """
+        low = min(memory_size, memmap.PCI_HOLE_START)
+        hole = (self.rom.alias_base, memmap.HIGH_RAM_START) if self.rom is not None else None
+        self.memory = GuestMemory(low, hole=hole)
+        self.memory.memory_map = self.memory_map
+        lo, hi = self.memory.hole_start, self.memory.hole_end
+        ranges = [(0, 0, lo), (hi, hi, low - hi)] if hi else [(0, 0, low)]
+        self.vm.map_memory(self.memory, ranges=[r for r in ranges if r[2]])
+        if memory_size > low:
+            self.high_memory = GuestMemory(memory_size - low, base=memmap.FOUR_GIB)
+            self.vm.map_memory(self.high_memory)
+        if self.rom is not None:
+            self.vm.map_memory(self.rom.memory, readonly=True, ranges=self.rom.slots)
+
+    def _close_mappings(self) -> None:
+        """RAM and ROM: normally the Vm's, closed with it; closed here if never mapped (idempotent)."""
+        for memory in (getattr(self, "memory", None), self.high_memory, self.rom and self.rom.memory):
+            if memory is not None:
+                memory.close()
+
+    @property
+    def cpuid_signature(self) -> int:
+        """CPUID leaf 1 EAX (family, model, stepping): EDX at reset."""
+        return self.cpuid(1, 0)[0]
+
+    @cached_property
+    def physical(self) -> PhysicalView:
+        """Guest-physical RAM and ROM, for reading code where it is (disassembly, HLT checks)."""
+        view = PhysicalView()
+        for part in (self.memory, self.high_memory):
+            if part is not None:
+                view.add(part)
+        if self.rom is not None:
+            for gpa, offset, size in self.rom.slots:
+                view.add(self.rom.memory, gpa, offset, size)
+        return view
 
     # -- setup ------------------------------------------------------------------------------
     def load(self, data: bytes, fmt: str = "auto", mode: str | None = None, load_addr: int | None = None,
-             entry: int | None = None, cmdline: str = ""):
-        """Load an image into guest RAM and set the vCPU's entry state for its mode."""
+             entry: int | None = None, cmdline: str = "", modules=()):
+        """Load an image (and its ``modules``) into guest RAM and set the vCPU's entry state."""
         from pykvm.loaders import load as load_image
 
         # The loader writes the image and the boot structures its mode needs (GDT, page tables,
-        # multiboot info), after validating all of them.
-        image = load_image(self.memory, data, fmt, mode=mode, load_addr=load_addr, entry=entry, cmdline=cmdline)
+        # multiboot or PVH boot information), after validating all of them against the map.
+        image = load_image(self.memory, data, fmt, mode=mode, load_addr=load_addr, entry=entry, cmdline=cmdline,
+                           modules=modules)
         self.set_state(image.initial_state())
         self.image = image
         return image
@@ -426,7 +495,7 @@ class Machine:
         from pykvm.debug.disasm import read_code
 
         sync = self.vcpu.sync_regs
-        if read_code(self.memory, state_from_kvm(sync.regs, sync.sregs), 1) == b"\xf4":
+        if read_code(self.physical, state_from_kvm(sync.regs, sync.sregs), 1) == b"\xf4":
             # A step over HLT does not halt (a later KVM_RUN reports the halt wherever the guest
             # is then): KVM_RUN runs it without the step, and with IF = 1 (STI; HLT) its HLT exit
             # is ready for the interrupt. With IF = 0 the guest halts for good.
@@ -517,7 +586,7 @@ class Machine:
         from pykvm.debug.disasm import read_code
 
         state = self.current_state()
-        if read_code(self.memory, state, 1) == b"\xf4":
+        if read_code(self.physical, state, 1) == b"\xf4":
             regs = self.vcpu.get_regs()
             regs.rip += 1
             self.vcpu.set_regs(regs)
@@ -551,7 +620,10 @@ class Machine:
         if finalizer is not None:
             finalizer.detach()
         self.closed = True
-        _close(getattr(self, "serial", None), getattr(self, "vm", None), self.kvm)
+        try:
+            _close(getattr(self, "serial", None), getattr(self, "vm", None), self.kvm)
+        finally:
+            self._close_mappings()
 
     def _check_open(self) -> None:
         if self.closed:

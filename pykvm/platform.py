@@ -25,6 +25,7 @@ from pykvm.devices.postcode import PostCode
 from pykvm.devices.reset import Kbc8042, SystemControlA
 from pykvm.devices.rtc import Rtc
 from pykvm.devices.testdev import PcTestdev
+from pykvm.x86.memmap import MemoryMap
 
 PIT_IRQ = 0
 RTC_IRQ = 8
@@ -33,15 +34,17 @@ RTC_IRQ = 8
 class PcPlatform:
     """The PC devices of one machine, attached to its bus."""
 
-    def __init__(self, bus, memory_size: int, testdev: bool = False):
+    def __init__(self, bus, memory_map: MemoryMap, testdev: bool = False):
         self.pic = pic = Pic.bios_initialised()
         self.pit = Pit(irq=partial(pic.set_irq, PIT_IRQ))
-        self.rtc = Rtc(memory_size, irq=partial(pic.set_irq, RTC_IRQ))
+        # CMOS says what the map says: RAM below 4 GiB counted from 0, as a BIOS reports it.
+        below, above = memory_map.ram_split()
+        self.rtc = Rtc(below + above, irq=partial(pic.set_irq, RTC_IRQ), below_4g=below)
         self.port61 = SystemControlB(self.pit)
         self.port92 = SystemControlA()
         self.kbc = Kbc8042()
         self.post = PostCode()
-        self.testdev = PcTestdev(pic.set_irq) if testdev else None
+        self.testdev = PcTestdev(pic.set_irq) if testdev else None  # its MMIO page is in the map
         for device in (pic, self.pit, self.rtc, self.port61, self.port92, self.kbc, self.post, self.testdev):
             if device is not None:
                 device.attach(bus)

@@ -77,10 +77,23 @@ class Recipe:
     bootsector: bool = False
     description: str = ""
     extra_cflags: tuple[str, ...] = field(default=())
+    rom: bool = False
+    machine: tuple[tuple[str, bool], ...] = ()
 
     @property
     def primary_suffix(self) -> str:
         return ".bin" if self.flat else ".elf"
+
+    @property
+    def runnable_suffix(self) -> str:
+        """The output ``pykvm run`` starts without options: one that says how it starts.
+
+        32- and 64-bit guests run as their ELF (ELF32 enters protected mode, ELF64 long mode,
+        a multiboot header or PVH note its own protocol); 16-bit guests as the flat image,
+        which pykvm enters in real mode at 0x7c00 by default (a boot sector is detected as one);
+        a ROM is a flat firmware image for ``--bios``.
+        """
+        return ".bin" if self.flat and (self.bits == 16 or self.rom) else ".elf"
 
 
 # The timer guests: one C source built for each mode (guests/timer.c), with the PIC/PIT/CMOS
@@ -122,10 +135,10 @@ RECIPES: dict[str, Recipe] = {
                extra_cflags=("-DTIMER16",),
                description="real mode: 200 PIT ticks in sti; hlt, STI shadow, PIT mode 0 on masked IRQ 0, RTC"),
         Recipe("timer32", ("lib/crt0_32.S", "lib/vectors32.S") + _TIMER_C, "ld/flat32.ld", 32,
-               extra_cflags=("-DTIMER32",),
+               extra_cflags=("-DTIMER32",), machine=(("testdev", True),),
                description="protected mode: 200 PIT ticks, STI shadow, PIC priorities/EOI, PIT read-back, CMOS size"),
         Recipe("timer64", ("lib/crt0_64.S", "lib/vectors64.S") + _TIMER_C, "ld/flat64.ld", 64,
-               extra_cflags=("-DTIMER64", "-mno-red-zone"),
+               extra_cflags=("-DTIMER64", "-mno-red-zone"), machine=(("testdev", True),),
                description="PVM mode: 200 PIT ticks injected by KVM_INTERRUPT, STI shadow, PIC priorities/EOI"),
         Recipe("idle16", ("lib/crt0_16.S", "lib/vectors16.S") + _IDLE_C, "ld/real16.ld", 16,
                description="real mode: 300 PIT ticks at 100 Hz in sti; hlt, nothing else (bench_idle.py)"),
@@ -238,6 +251,13 @@ def _check_bootsector(image: Path) -> None:
         )
 
 
+def _check_rom(image: Path) -> None:
+    size = image.stat().st_size
+    if not 64 << 10 <= size <= 16 << 20 or size % (64 << 10):
+        raise GuestBuildError(f"{image.name}: a firmware ROM must be 64 KiB to 16 MiB in multiples of "
+                              f"64 KiB (got {size} bytes)")
+
+
 def build(name: str, *, src_dir: Path | None = None, out_dir: Path | None = None,
           force: bool = False) -> Path:
     """Build guest ``name`` if needed and return its primary output.
@@ -290,6 +310,8 @@ def build(name: str, *, src_dir: Path | None = None, out_dir: Path | None = None
                 raise GuestBuildError(f"guest '{name}': flat image is empty")
             if r.bootsector:
                 _check_bootsector(tmp_bin)
+            if r.rom:
+                _check_rom(tmp_bin)
 
         # ELF first, primary last: freshness needs both, so a reader racing us
         # sees either the old pair or the new one as stale and rebuilds.
@@ -300,6 +322,12 @@ def build(name: str, *, src_dir: Path | None = None, out_dir: Path | None = None
             os.replace(tmp_bin, primary)
         os.replace(deps_tmp, _deps_file(out, name))
     return primary
+
+
+def build_runnable(name: str, **kwargs) -> Path:
+    """Build guest ``name`` if needed; return the output ``pykvm run`` starts (``runnable_suffix``)."""
+    primary = build(name, **kwargs)
+    return primary.with_suffix(recipe(name).runnable_suffix)
 
 
 def build_all(*, src_dir: Path | None = None, out_dir: Path | None = None,

@@ -36,7 +36,7 @@ def timer_runs():
         build_guest(name)           # not inside the timed runs
     commands = {name: pykvm_command(*pykvm_args(guest, "--mem", MEMORY.get(name, "64M"), "--timeout", "60", "-v"))
                 for name, guest in GUESTS.items()}
-    commands["timer32 without --testdev"] = pykvm_command("guests/timer32.S", "--mode", "protected",
+    commands["timer32 without --testdev"] = pykvm_command("guests/timer32.S", "--no-testdev",
                                                           "--timeout", "60")
     started = {name: TimedProcess(command) for name, command in commands.items()}
     return {name: process.result() for name, process in started.items()}

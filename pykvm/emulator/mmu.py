@@ -40,21 +40,27 @@ def line_mask(offset: int, size: int) -> int:
 
 
 class PhysAccessor:
-    """Physical reads/writes for page walks and descriptor tables: RAM, else the MMIO bus."""
+    """Physical reads/writes for page walks and descriptor tables: RAM, else the MMIO bus
+    (which is also where the memory's hole, a PC's legacy area, goes: ROM or nothing)."""
 
     def __init__(self, memory, bus):
         self.view = memory.view
         self.base = memory.base
         self.end = memory.base + memory.size
+        self.hole_start, self.hole_end = memory.hole_start, memory.hole_end
         self.bus = bus
 
+    def _ram(self, gpa: int, size: int) -> bool:
+        return (self.base <= gpa and gpa + size <= self.end
+                and not (gpa < self.hole_end and gpa + size > self.hole_start))
+
     def read(self, gpa: int, size: int) -> int:
-        if self.base <= gpa and gpa + size <= self.end:
+        if self._ram(gpa, size):
             return int.from_bytes(self.view[gpa - self.base:gpa - self.base + size], "little")
         return self.bus.mmio_read(gpa, size)
 
     def write(self, gpa: int, size: int, value: int) -> None:
-        if self.base <= gpa and gpa + size <= self.end:
+        if self._ram(gpa, size):
             self.view[gpa - self.base:gpa - self.base + size] = value.to_bytes(size, "little")
         else:
             self.bus.mmio_write(gpa, size, value)
@@ -144,6 +150,9 @@ class Mmu:
         view = self.memory.view
         ram_base = self.memory.base
         ram_end = self.memory.base + self.memory.size
+        # Inside [ram_base, ram_end) but not RAM (a PC's legacy hole): the bus's. Page-aligned,
+        # so one comparison decides for an access that stays within a page.
+        hole_lo, hole_hi = self.memory.hole_start, self.memory.hole_end
         bus = self.bus
         sbase, slo, rhi, whi = self.sbase, self.slo, self.rhi, self.whi
         rget = self.rtlb.get
@@ -171,7 +180,7 @@ class Mmu:
                 pb = translate((lin + first) & 0xFFFFFFFF, acc)
                 return _phys_read(pa, first) | _phys_read(pb, size - first) << (8 * first)
             pa = translate(lin, acc)
-            if ram_base <= pa < ram_end:
+            if ram_base <= pa < ram_end and not hole_lo <= pa < hole_hi:
                 off = pa - ram_base
                 if not system or not mmu.user:
                     rtlb[lin >> 12] = off - o
@@ -190,7 +199,7 @@ class Mmu:
                 _phys_write(pb, size - first, value >> (8 * first))
                 return
             pa = translate(lin, acc)
-            if ram_base <= pa < ram_end:
+            if ram_base <= pa < ram_end and not hole_lo <= pa < hole_hi:
                 off = pa - ram_base
                 page = pa >> 12
                 if page in code_pages:
@@ -205,13 +214,13 @@ class Mmu:
             bus.mmio_write(pa, size, value)
 
         def _phys_read(pa, size):
-            if ram_base <= pa and pa + size <= ram_end:
+            if ram_base <= pa and pa + size <= ram_end and not (pa < hole_hi and pa + size > hole_lo):
                 return int.from_bytes(view[pa - ram_base:pa - ram_base + size], "little")
             return bus.mmio_read(pa, size) if size in (1, 2, 4, 8) else \
                 sum(bus.mmio_read(pa + i, 1) << 8 * i for i in range(size))
 
         def _phys_write(pa, size, value):
-            if ram_base <= pa and pa + size <= ram_end:
+            if ram_base <= pa and pa + size <= ram_end and not (pa < hole_hi and pa + size > hole_lo):
                 page = pa >> 12
                 if page in code_pages and code_lines.get(page, 0) & line_mask(pa & 0xFFF, size):
                     mmu.on_code_write(page, pa & 0xFFF, size)

@@ -125,7 +125,7 @@ def _ram_offset(emu, lin: int, write: bool):
     pa = mmu.translate(lin, acc)
     mem = emu.memory
     off = pa - mem.base
-    if not 0 <= off < mem.size:
+    if not 0 <= off < mem.size or mem.hole_start <= pa < mem.hole_end:
         return None
     return off
 

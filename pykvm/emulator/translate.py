@@ -93,10 +93,14 @@ def fetch_code(emu, lin: int, eip: int):
 
 def _read_phys(emu, phys: int, n: int):
     mem = emu.memory
-    off = phys - mem.base
-    if 0 <= off and off + n <= mem.size:
+    if mem.contains(phys, n):
+        off = phys - mem.base
         return bytes(mem.view[off:off + n]), True
-    # Code outside RAM (a ROM device on the MMIO bus): read it, but never cache it.
+    # Code outside RAM: a ROM (read-only, so its code may be cached like RAM's), or another
+    # device on the MMIO bus, read byte by byte and never cached.
+    entry = emu.bus.mmio.find(phys)
+    if entry is not None and hasattr(entry[2], "code") and phys + n <= entry[1]:
+        return entry[2].code(phys - entry[3], n), True
     n = min(n, 64)
     return bytes(emu.bus.mmio_read(phys + i, 1) & 0xFF for i in range(n)), False
 

@@ -20,7 +20,7 @@ class Vm:
         self.fd = fd
         self._finalizer = own_fd(self, fd, "Vm")
         self.vcpus: list = []
-        self.memory_slots: dict[int, GuestMemory] = {}
+        self.memory_slots: dict[int, tuple[GuestMemory, int, int]] = {}   # slot -> (memory, gpa, size)
         self._region = ffi.new("struct kvm_userspace_memory_region *")
 
     # -- memory -------------------------------------------------------------------------
@@ -34,22 +34,41 @@ class Vm:
             raise
         return memory
 
-    def map_memory(self, memory: GuestMemory, readonly: bool = False) -> int:
-        """Register ``memory`` as a new slot (the Vm then owns it and unmaps it on close)."""
-        for other in self.memory_slots.values():
-            if memory.base < other.base + other.size and other.base < memory.base + memory.size:
-                raise BadInputError(f"memory at {memory.base:#x} overlaps the slot at {other.base:#x}")
-        slot = next(i for i in range(len(self.memory_slots) + 1) if i not in self.memory_slots)
-        self._set_region(slot, K.KVM_MEM_READONLY if readonly else 0, memory.base, memory.size,
-                         memory.host_address)
-        self.memory_slots[slot] = memory
-        return slot
+    def map_memory(self, memory: GuestMemory, readonly: bool = False,
+                   ranges: list[tuple[int, int, int]] | None = None) -> int:
+        """Register ``memory`` as one slot per ``(gpa, offset in memory, size)`` of ``ranges``
+        (default: all of it at ``memory.base``); the Vm then owns it and unmaps it on close.
+        A read-only slot (``KVM_MEM_READONLY``) turns guest writes into MMIO exits.
+        Returns the first slot's number."""
+        ranges = [(memory.base, 0, memory.size)] if ranges is None else ranges
+        taken = [(gpa, gpa + size) for _, gpa, size in self.memory_slots.values()]
+        for gpa, offset, size in ranges:
+            if offset < 0 or offset + size > memory.size:
+                raise BadInputError(f"slot {gpa:#x}+{size:#x} reaches outside its memory ({memory.size:#x} bytes)")
+            for start, end in taken:
+                if gpa < end and start < gpa + size:
+                    raise BadInputError(f"memory at {gpa:#x} overlaps the slot at {start:#x}")
+            taken.append((gpa, gpa + size))
+        slots = []
+        try:
+            for gpa, offset, size in ranges:
+                slot = next(i for i in range(len(self.memory_slots) + 1) if i not in self.memory_slots)
+                self._set_region(slot, K.KVM_MEM_READONLY if readonly else 0, gpa, size,
+                                 memory.host_address + offset)
+                self.memory_slots[slot] = (memory, gpa, size)
+                slots.append(slot)
+        except BaseException:
+            for slot in slots:
+                self.unmap_memory(slot, close=False)
+            raise
+        return slots[0]
 
-    def unmap_memory(self, slot: int) -> None:
-        """Remove a slot (size 0 deletes it in KVM) and release its memory."""
-        memory = self.memory_slots.pop(slot)
-        self._set_region(slot, 0, memory.base, 0, 0)
-        memory.close()
+    def unmap_memory(self, slot: int, close: bool = True) -> None:
+        """Remove a slot (size 0 deletes it in KVM); its memory is released with its last slot."""
+        memory, gpa, _ = self.memory_slots.pop(slot)
+        self._set_region(slot, 0, gpa, 0, 0)
+        if close and all(m is not memory for m, _, _ in self.memory_slots.values()):
+            memory.close()
 
     def _set_region(self, slot: int, flags: int, gpa: int, size: int, host_addr: int) -> None:
         r = self._region
@@ -83,7 +102,7 @@ class Vm:
                 os.close(self.fd)
                 self.fd = -1
             while self.memory_slots:
-                self.memory_slots.popitem()[1].close()
+                self.memory_slots.popitem()[1][0].close()   # idempotent: slots may share a mapping
 
     def __enter__(self) -> "Vm":
         return self

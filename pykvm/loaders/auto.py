@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from pykvm.errors import BadInputError
-from pykvm.loaders import bootsector, elf, flat, multiboot
+from pykvm.loaders import bootsector, elf, flat, multiboot, multiboot2, pvh
 from pykvm.loaders.image import BootImage
 
-FORMATS = ("auto", "flat", "bootsector", "elf", "multiboot")
+FORMATS = ("auto", "flat", "bootsector", "elf", "multiboot", "multiboot2", "pvh")
+KERNELS = {"multiboot": multiboot, "multiboot2": multiboot2, "pvh": pvh}
 
 
 def detect(data: bytes) -> str:
-    """Guess the format: a multiboot header wins over ELF (multiboot kernels are often ELF files),
-    then ELF magic, then a 512-byte sector ending in 55AA; anything else is flat."""
+    """Guess the format. An ELF with a PVH entry note is a PVH kernel (the protocol QEMU's -kernel
+    and cloud-hypervisor prefer too); then a Multiboot 2 header, then a Multiboot 1 header (both
+    win over plain ELF: such kernels are often ELF files; a kernel with both headers is loaded
+    the way GRUB's ``multiboot2`` would), then ELF magic, then a 512-byte sector ending in 55AA;
+    anything else is flat."""
+    if pvh.has_entry_note(data):
+        return "pvh"
+    if multiboot2.find_header(data) is not None:
+        return "multiboot2"
     if multiboot.find_header(data) is not None:
         return "multiboot"
     if elf.is_elf(data):
@@ -22,13 +30,14 @@ def detect(data: bytes) -> str:
 
 
 def load(memory, data: bytes, format: str = "auto", mode: str | None = None, load_addr: int | None = None,
-         entry: int | None = None, cmdline: str = "") -> BootImage:
+         entry: int | None = None, cmdline: str = "", modules=()) -> BootImage:
     """Validate ``data`` as ``format`` and write it (and its boot structures) into ``memory``.
 
     With ``format="auto"``, a would-be boot sector given a non-real ``mode`` or another
     ``load_addr`` is loaded as the flat image those options describe.
     Raises ``BadInputError`` before writing anything when the image, or an option
     given for it, is unusable. The returned ``BootImage`` says how to start it.
+    ``modules`` (``Module``) and ``cmdline`` are for the kernels that take them.
     """
     data = bytes(data)
     fmt = detect(data) if format == "auto" else format
@@ -38,9 +47,12 @@ def load(memory, data: bytes, format: str = "auto", mode: str | None = None, loa
         fmt = "flat"
     if fmt not in FORMATS[1:]:
         raise BadInputError(f"unknown image format {format!r} (expected one of {', '.join(FORMATS)})")
-    if fmt == "multiboot":
-        return multiboot.load(memory, data, mode=mode, load_addr=load_addr, entry=entry, cmdline=cmdline)
+    if fmt in KERNELS:
+        return KERNELS[fmt].load(memory, data, mode=mode, load_addr=load_addr, entry=entry, cmdline=cmdline,
+                                 modules=modules)
     if cmdline:
-        raise BadInputError(f"a kernel command line only applies to multiboot images, not {fmt}")
+        raise BadInputError(f"a kernel command line only applies to multiboot and PVH kernels, not {fmt}")
+    if modules:
+        raise BadInputError(f"modules only apply to multiboot and PVH kernels, not {fmt}")
     loader = {"flat": flat, "bootsector": bootsector, "elf": elf}[fmt]
     return loader.load(memory, data, mode=mode, load_addr=load_addr, entry=entry)

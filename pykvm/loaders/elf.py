@@ -146,6 +146,41 @@ def parse_elf(data: bytes) -> ElfFile:
     return elf
 
 
+PT_NOTE = 4
+_NOTE = struct.Struct("<III")            # namesz descsz type
+
+
+def iter_notes(data: bytes):
+    """(owner, type, desc) of every note in the PT_NOTE segments of an ELF file that
+    ``parse_elf`` accepts; a note running past its segment raises ``BadInputError``."""
+    elf_class = data[4]
+    ehdr = _EHDR[elf_class]
+    fields = ehdr.unpack_from(data)
+    e_phoff, e_phentsize, e_phnum = fields[5], fields[9], fields[10]
+    phdr = _PHDR32 if elf_class == ELFCLASS32 else _PHDR64
+    for i in range(e_phnum):
+        ph = phdr.unpack_from(data, e_phoff + i * e_phentsize)
+        p_type, p_offset, p_filesz = (ph[0], ph[1], ph[4]) if elf_class == ELFCLASS32 else (ph[0], ph[2], ph[5])
+        if p_type != PT_NOTE:
+            continue
+        if p_offset + p_filesz > len(data):
+            raise BadInputError(f"ELF note segment {i} ({p_offset:#x}+{p_filesz:#x}) extends past the end of the file")
+        pos, end = p_offset, p_offset + p_filesz
+        while pos + _NOTE.size <= end:
+            namesz, descsz, n_type = _NOTE.unpack_from(data, pos)
+            name_at = pos + _NOTE.size
+            desc_at = name_at + _pad4(namesz)
+            pos = desc_at + _pad4(descsz)
+            if desc_at + descsz > end:
+                raise BadInputError(f"ELF note segment {i}: a note at {name_at - _NOTE.size:#x} runs past "
+                                    "the end of its segment")
+            yield bytes(data[name_at:name_at + namesz]).rstrip(b"\0"), n_type, bytes(data[desc_at:desc_at + descsz])
+
+
+def _pad4(n: int) -> int:
+    return (n + 3) & ~3
+
+
 def plan_segments(plan: LoadPlan, elf: ElfFile, data: bytes) -> None:
     """Add every PT_LOAD segment of ``elf`` (file bytes + zero fill) to ``plan``."""
     view = memoryview(data)

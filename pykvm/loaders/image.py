@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from pykvm.x86.state import CpuState
 from pykvm.errors import BadInputError
-from pykvm.x86 import boot
+from pykvm.x86 import boot, memmap
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,28 @@ class LoadRange:
         return f"{self.what} {self.start:#x}-{self.end - 1:#x}"
 
 
+@dataclass(frozen=True)
+class Module:
+    """A boot module (``--module PATH[,CMDLINE]``): its bytes and its string."""
+
+    data: bytes
+    cmdline: str = ""
+
+
+@dataclass(frozen=True)
+class PlacedModule:
+    start: int
+    size: int
+    cmdline: str
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+
+MODULE_ALIGN = 4096
+
+
 @dataclass
 class BootImage:
     """A loaded image: its format, entry mode and point, what went where, extra entry registers.
@@ -47,8 +69,11 @@ class BootImage:
     entry: int
     load_ranges: list[LoadRange] = field(default_factory=list)
     registers: dict[str, int] = field(default_factory=dict)
+    protocol: str = ""        # "pvh": the mode's state as the PVH ABI has it (boot.pvh_state)
 
     def initial_state(self, stack: int | None = None) -> CpuState:
+        if self.protocol == "pvh":
+            return boot.pvh_state(self.entry, self.registers["rbx"], stack)
         return boot.initial_state(self.mode, self.entry, stack, self.registers)
 
 
@@ -85,8 +110,9 @@ class LoadPlan:
         return any(r.start <= addr < r.end for r in self.image_ranges)
 
     def validate(self, memory) -> None:
-        """Check every piece against guest RAM, the reserved area and the other pieces."""
-        ram_start = memory.base
+        """Check every piece against the memory map (RAM only: not the legacy hole, not ROM),
+        the mode's reserved area and the other pieces, boot structures included."""
+        memory_map = memmap.map_of(memory)
         limit = 1 << 64 if self.mode == "long" else 1 << 32
         reserved = boot.reserved_end(self.mode)
         ranges = self.image_ranges
@@ -95,22 +121,27 @@ class LoadPlan:
         for r in ranges:
             if r.start < 0 or r.end > limit:
                 raise BadInputError(f"{r.what} {_fmt(r.start, r.size)} is not addressable in {self.mode} mode")
-            if r.size > memory.size:
-                raise BadInputError(f"{r.what} ({r.size:#x} bytes) is larger than guest RAM ({memory.size:#x} bytes)")
-            if not memory.contains(r.start, r.size):
-                raise BadInputError(f"{r.what} {_fmt(r.start, r.size)} lies outside guest RAM "
-                                    f"{_fmt(ram_start, memory.size)}")
+            if r.size > memory_map.ram_size:
+                raise BadInputError(f"{r.what} ({r.size:#x} bytes) is larger than guest RAM "
+                                    f"({memory_map.ram_size:#x} bytes)")
+            self._check_in_memory(memory, memory_map, r.start, r.size, r.what)
             if r.start < reserved:
                 raise BadInputError(f"{r.what} {_fmt(r.start, r.size)} overlaps the loader's reserved area "
                                     f"0x0-{reserved - 1:#x} for {self.mode} mode")
-        ordered = sorted(ranges, key=lambda r: r.start)
+        for gpa, data, what in self._boot:
+            self._check_in_memory(memory, memory_map, gpa, len(data), what)
+        pieces = ranges + [LoadRange(gpa, len(data), what) for gpa, data, what in self._boot]
+        ordered = sorted(pieces, key=lambda r: r.start)
         for a, b in zip(ordered, ordered[1:]):
             if b.start < a.end:
                 raise BadInputError(f"{a.what} {_fmt(a.start, a.size)} overlaps {b.what} {_fmt(b.start, b.size)}")
-        for gpa, data, what in self._boot:
-            if not memory.contains(gpa, len(data)):
-                raise BadInputError(f"guest RAM {_fmt(ram_start, memory.size)} does not hold the {what} "
-                                    f"at {_fmt(gpa, len(data))}")
+
+    @staticmethod
+    def _check_in_memory(memory, memory_map, start: int, size: int, what: str) -> None:
+        memory_map.check_ram(start, size, what)
+        if not memory.contains(start, size):     # RAM of the map that this memory does not hold
+            raise BadInputError(f"{what} {_fmt(start, size)} lies outside guest RAM "
+                                f"{_fmt(memory.base, memory.size)} that loaders can write")
 
     def apply(self, memory) -> list[LoadRange]:
         """Validate, then write everything; returns the ranges written (image first, then boot data)."""
@@ -122,6 +153,62 @@ class LoadPlan:
         for gpa, data, _ in self._boot:
             memory.write(gpa, data)
         return self.image_ranges + [LoadRange(gpa, len(data), what) for gpa, data, what in self._boot]
+
+
+def plan_modules(plan: LoadPlan, modules) -> list[PlacedModule]:
+    """Place ``modules`` one after the other, each on a page boundary, from the first page past
+    everything the image occupies (as QEMU's multiboot loader does); checked with the plan."""
+    placed = []
+    start = _align(max(r.end for r in plan.image_ranges), MODULE_ALIGN)
+    for i, module in enumerate(modules):
+        what = f"module {i}" + (f" ({module.cmdline})" if module.cmdline else "")
+        plan.add_image(start, module.data, what=what)
+        placed.append(PlacedModule(start, len(module.data), module.cmdline))
+        start = _align(start + len(module.data), MODULE_ALIGN)
+    return placed
+
+
+def _align(value: int, alignment: int) -> int:
+    return -(-value // alignment) * alignment
+
+
+class BootArea:
+    """A bump allocator over the loader's boot-information area (``boot.BOOT_INFO_ADDR`` ..
+    ``BOOT_INFO_END``): each piece is placed after the previous one, aligned, and added to the
+    plan as a boot structure. ``BadInputError`` when the area is full."""
+
+    def __init__(self, plan: LoadPlan, start: int = boot.BOOT_INFO_ADDR, end: int = boot.BOOT_INFO_END):
+        self.plan = plan
+        self.start = self.next = start
+        self.end = end
+
+    def reserve(self, size: int, align: int = 8) -> int:
+        """Room for ``size`` bytes: their address (fill it with ``put``)."""
+        gpa = _align(self.next, align)
+        if gpa + size > self.end:
+            raise BadInputError(f"the boot information does not fit: the area {self.start:#x}-{self.end - 1:#x} "
+                                f"holds at most {self.end - self.start} bytes, {gpa + size - self.start} needed")
+        self.next = gpa + size
+        return gpa
+
+    def put(self, gpa: int, data: bytes, what: str) -> None:
+        self.plan.add_boot(gpa, data, what)
+
+    def add(self, data: bytes, what: str, align: int = 8) -> int:
+        gpa = self.reserve(len(data), align)
+        self.put(gpa, data, what)
+        return gpa
+
+    def add_string(self, text: str, what: str) -> int:
+        return self.add(encode_string(text, what) + b"\0", what, align=1)
+
+
+def encode_string(text: str, what: str) -> bytes:
+    """A command line or module string as the guest gets it: UTF-8, no NUL inside."""
+    if "\0" in text:
+        raise BadInputError(f"the {what} may not contain NUL characters")
+    # Command-line arguments that are not UTF-8 arrive as surrogate escapes: pass the bytes on.
+    return text.encode("utf-8", "surrogateescape")
 
 
 def add_mode_structures(plan: LoadPlan, memory) -> None:

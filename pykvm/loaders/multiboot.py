@@ -8,17 +8,18 @@ Per the Multiboot 0.6.96 specification:
   load_end_addr, bss_end_addr and entry_addr and the loader uses them instead of
   the ELF headers; otherwise the kernel must be an ELF file;
 * flag bits 0-15 are requirements: a loader that cannot honour one must refuse
-  the kernel. pykvm loads no modules (bit 0 is trivially honoured), always
-  provides memory information (bit 1), and treats the video-mode request (bit 2)
-  as the preference every common loader treats it as (no framebuffer is given);
-  any other bit in 3-15 is refused;
+  the kernel. pykvm puts modules on page boundaries (bit 0), always provides
+  memory information (bit 1), and treats the video-mode request (bit 2) as the
+  preference every common loader treats it as (no framebuffer is given); any
+  other bit in 3-15 is refused;
 * the machine state at entry: EAX = 0x2BADB002, EBX = physical address of the
   info struct, flat 32-bit CS/DS/ES/FS/GS/SS, protected mode with paging off,
   IF clear — exactly ``boot.initial_state("protected", ...)`` plus EAX/EBX.
 
-The info struct and its strings and memory map go at 0x7000-0x7fff (see
-``pykvm.x86.boot``): info at 0x7000, memory map at 0x7080, boot loader name at
-0x7100, command line from 0x7200 up to the end of the area.
+The info struct goes at 0x7000, followed by the memory map (the machine's, from
+``pykvm.x86.memmap``), the boot loader name, the command line and the module list
+with its strings, up to the end of the boot-information area at 0x7fff (see
+``pykvm.x86.boot``). Modules (``--module``) are placed page-aligned after the kernel.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from dataclasses import dataclass
 
 from pykvm.errors import BadInputError
 from pykvm.loaders import elf as elf_loader
-from pykvm.loaders.image import BootImage, LoadPlan, add_mode_structures
-from pykvm.x86 import boot
+from pykvm.loaders.image import BootArea, BootImage, LoadPlan, PlacedModule, add_mode_structures, plan_modules
+from pykvm.x86 import boot, memmap
 
 HEADER_MAGIC = 0x1BADB002
 BOOTLOADER_MAGIC = 0x2BADB002
@@ -45,20 +46,13 @@ _HF_UNDERSTOOD = HF_PAGE_ALIGN | HF_MEMORY_INFO | HF_VIDEO_MODE
 # multiboot_info.flags
 MBI_MEMORY = 1 << 0
 MBI_CMDLINE = 1 << 2
+MBI_MODS = 1 << 3
 MBI_MMAP = 1 << 6
 MBI_LOADER_NAME = 1 << 9
 
-INFO_ADDR = boot.BOOT_INFO_ADDR
-MMAP_ADDR = INFO_ADDR + 0x80
-LOADER_NAME_ADDR = INFO_ADDR + 0x100
-CMDLINE_ADDR = INFO_ADDR + 0x200
-CMDLINE_END = boot.BOOT_INFO_END
+INFO_ADDR = boot.BOOT_INFO_ADDR    # the info struct comes first in the boot-information area
 INFO_SIZE = 116
 LOADER_NAME = b"pykvm\0"
-
-MMAP_AVAILABLE = 1
-_LOW_MEMORY_END = 0xA0000     # conventional memory; the VGA/BIOS hole follows on a PC
-_HIGH_MEMORY = 0x100000
 
 _HEADER = struct.Struct("<III")
 _AOUT = struct.Struct("<IIIII")
@@ -112,89 +106,93 @@ def parse_header(data: bytes) -> MultibootHeader:
 def _plan_aout(plan: LoadPlan, header: MultibootHeader, data: bytes) -> int:
     """Place the kernel by the header's address fields; returns the entry point."""
     h = header
-    if h.header_addr < h.load_addr:
-        raise BadInputError(f"multiboot header_addr {h.header_addr:#x} is below load_addr {h.load_addr:#x}")
-    file_start = h.offset - (h.header_addr - h.load_addr)
-    if file_start < 0:
-        raise BadInputError(f"multiboot load_addr {h.load_addr:#x} lies before the start of the file")
-    if h.load_end_addr == 0:
-        load_size = len(data) - file_start
-    elif h.load_end_addr <= h.load_addr:
-        raise BadInputError(f"multiboot load_end_addr {h.load_end_addr:#x} is not above "
-                            f"load_addr {h.load_addr:#x}")
-    else:
-        load_size = h.load_end_addr - h.load_addr
-        if file_start + load_size > len(data):
-            raise BadInputError(f"multiboot kernel is truncated: load_end_addr needs {load_size:#x} bytes "
-                                f"from file offset {file_start:#x}, the file has {len(data):#x}")
-    load_end = h.load_addr + load_size
-    if h.bss_end_addr == 0:
-        mem_end = load_end
-    elif h.bss_end_addr < load_end:
-        raise BadInputError(f"multiboot bss_end_addr {h.bss_end_addr:#x} is below the loaded end {load_end:#x}")
-    else:
-        mem_end = h.bss_end_addr
-    if not h.load_addr <= h.entry_addr < load_end:
-        raise BadInputError(f"multiboot entry_addr {h.entry_addr:#x} is outside the loaded kernel "
-                            f"{h.load_addr:#x}-{load_end - 1:#x}")
-    plan.add_image(h.load_addr, memoryview(data)[file_start:file_start + load_size], mem_end - h.load_addr,
-                   what="multiboot kernel")
+    plan_by_address(plan, data, h.offset, h.header_addr, h.load_addr, h.load_end_addr, h.bss_end_addr,
+                    h.entry_addr)
     return h.entry_addr
 
 
+def plan_by_address(plan: LoadPlan, data: bytes, offset: int, header_addr: int, load_addr: int,
+                    load_end_addr: int, bss_end_addr: int, entry_addr: int | None,
+                    name: str = "multiboot") -> None:
+    """Place a kernel by a header's address fields (Multiboot 1's a.out kludge, Multiboot 2's
+    address tag): the file from the header's offset minus (header_addr - load_addr), up to
+    load_end_addr (0: the end of the file), zero-filled up to bss_end_addr (0: no bss).
+    ``entry_addr`` (None: not checked here) must lie in what is loaded."""
+    if header_addr < load_addr:
+        raise BadInputError(f"{name} header_addr {header_addr:#x} is below load_addr {load_addr:#x}")
+    file_start = offset - (header_addr - load_addr)
+    if file_start < 0:
+        raise BadInputError(f"{name} load_addr {load_addr:#x} lies before the start of the file")
+    if load_end_addr == 0:
+        load_size = len(data) - file_start
+    elif load_end_addr <= load_addr:
+        raise BadInputError(f"{name} load_end_addr {load_end_addr:#x} is not above load_addr {load_addr:#x}")
+    else:
+        load_size = load_end_addr - load_addr
+        if file_start + load_size > len(data):
+            raise BadInputError(f"{name} kernel is truncated: load_end_addr needs {load_size:#x} bytes "
+                                f"from file offset {file_start:#x}, the file has {len(data):#x}")
+    load_end = load_addr + load_size
+    if bss_end_addr == 0:
+        mem_end = load_end
+    elif bss_end_addr < load_end:
+        raise BadInputError(f"{name} bss_end_addr {bss_end_addr:#x} is below the loaded end {load_end:#x}")
+    else:
+        mem_end = bss_end_addr
+    if entry_addr is not None and not load_addr <= entry_addr < load_end:
+        raise BadInputError(f"{name} entry_addr {entry_addr:#x} is outside the loaded kernel "
+                            f"{load_addr:#x}-{load_end - 1:#x}")
+    plan.add_image(load_addr, memoryview(data)[file_start:file_start + load_size], mem_end - load_addr,
+                   what=f"{name} kernel")
+
+
 def _plan_elf(plan: LoadPlan, data: bytes) -> int:
+    return plan_elf_below_4g(plan, data, "multiboot kernel is not ELF and its header has no a.out-kludge "
+                                         "addresses (flag 16)", "multiboot")
+
+
+def plan_elf_below_4g(plan: LoadPlan, data: bytes, not_elf: str, name: str) -> int:
+    """Place an ELF kernel's segments (ELF32 or ELF64, all below 4 GiB); returns its physical entry."""
     if not elf_loader.is_elf(data):
-        raise BadInputError("multiboot kernel is not ELF and its header has no a.out-kludge addresses (flag 16)")
+        raise BadInputError(not_elf)
     elf = elf_loader.parse_elf(data)
     entry = elf.physical_entry()
     if entry >= 1 << 32 or any(s.paddr + s.memsz > 1 << 32 for s in elf.segments):
-        raise BadInputError("multiboot ELF kernel must be loaded and entered below 4 GiB")
+        raise BadInputError(f"{name} ELF kernel must be loaded and entered below 4 GiB")
     elf_loader.plan_segments(plan, elf, data)
     return entry
 
 
-def build_info(ram_end: int, cmdline: bytes | None) -> list[tuple[int, bytes, str]]:
-    """The multiboot info struct, memory map, loader name and command line as (gpa, bytes, what)."""
-    low_end = min(ram_end, _LOW_MEMORY_END)
-    mmap = struct.pack("<IQQI", 20, 0, low_end, MMAP_AVAILABLE)
-    if ram_end > _HIGH_MEMORY:
-        mmap += struct.pack("<IQQI", 20, _HIGH_MEMORY, ram_end - _HIGH_MEMORY, MMAP_AVAILABLE)
+def build_info(area: BootArea, memory_map, cmdline: str, modules: list[PlacedModule]) -> int:
+    """The multiboot info struct, memory map (the machine's, ``memmap``), boot loader name,
+    command line and module list, placed in ``area``; returns the info struct's address."""
+    info_addr = area.reserve(INFO_SIZE, align=4)
+    mmap = b"".join(struct.pack("<IQQI", 20, start, size, kind) for start, size, kind in memory_map.e820())
     flags = MBI_MEMORY | MBI_MMAP | MBI_LOADER_NAME
-    if cmdline is not None:
-        flags |= MBI_CMDLINE
     info = bytearray(INFO_SIZE)
-    struct.pack_into("<III", info, 0, flags, low_end // 1024, max(0, ram_end - _HIGH_MEMORY) // 1024)
-    struct.pack_into("<I", info, 16, CMDLINE_ADDR if cmdline is not None else 0)
-    struct.pack_into("<II", info, 44, len(mmap), MMAP_ADDR)
-    struct.pack_into("<I", info, 64, LOADER_NAME_ADDR)
-    pieces = [(INFO_ADDR, bytes(info), "multiboot info"), (MMAP_ADDR, mmap, "multiboot memory map"),
-              (LOADER_NAME_ADDR, LOADER_NAME, "multiboot boot loader name")]
-    if cmdline is not None:
-        pieces.append((CMDLINE_ADDR, cmdline + b"\0", "multiboot command line"))
-    return pieces
-
-
-def _encode_cmdline(cmdline: str | None) -> bytes | None:
-    if not cmdline:
-        return None
-    if "\0" in cmdline:
-        raise BadInputError("the kernel command line may not contain NUL characters")
-    # Command-line arguments that are not UTF-8 arrive as surrogate escapes: pass the bytes on.
-    raw = cmdline.encode("utf-8", "surrogateescape")
-    room = CMDLINE_END - CMDLINE_ADDR - 1
-    if len(raw) > room:
-        raise BadInputError(f"the kernel command line is {len(raw)} bytes, at most {room} fit")
-    return raw
+    struct.pack_into("<II", info, 4, *memory_map.lower_upper_kib())
+    struct.pack_into("<II", info, 44, len(mmap), area.add(mmap, "multiboot memory map"))
+    struct.pack_into("<I", info, 64, area.add(LOADER_NAME, "multiboot boot loader name", align=1))
+    if cmdline:
+        flags |= MBI_CMDLINE
+        struct.pack_into("<I", info, 16, area.add_string(cmdline, "multiboot command line"))
+    if modules:
+        flags |= MBI_MODS
+        entries = b"".join(struct.pack("<IIII", m.start, m.end, area.add_string(m.cmdline, "module string"), 0)
+                           for m in modules)
+        struct.pack_into("<II", info, 20, len(modules), area.add(entries, "multiboot module list", align=4))
+    struct.pack_into("<I", info, 0, flags)
+    area.put(info_addr, bytes(info), "multiboot info")
+    return info_addr
 
 
 def load(memory, data: bytes, mode: str | None = None, load_addr: int | None = None,
-         entry: int | None = None, cmdline: str = "") -> BootImage:
-    """Load a multiboot kernel; it always starts in protected mode with EAX/EBX set."""
+         entry: int | None = None, cmdline: str = "", modules=()) -> BootImage:
+    """Load a multiboot kernel (and its modules); it starts in protected mode with EAX/EBX set."""
     if mode not in (None, "protected"):
         raise BadInputError(f"multiboot kernels start in protected mode, not {mode}")
     if load_addr is not None:
         raise BadInputError("a load address does not apply to multiboot kernels (the header gives it)")
-    raw_cmdline = _encode_cmdline(cmdline)
     if memory.base != 0:
         raise BadInputError("multiboot needs guest RAM starting at address 0")
     header = parse_header(data)
@@ -204,9 +202,8 @@ def load(memory, data: bytes, mode: str | None = None, load_addr: int | None = N
         if not plan.covers(entry):
             raise BadInputError(f"entry point {entry:#x} is outside the loaded kernel")
         start = entry
+    placed = plan_modules(plan, modules)
     add_mode_structures(plan, memory)
-    for gpa, blob, what in build_info(memory.base + memory.size, raw_cmdline):
-        plan.add_boot(gpa, blob, what)
+    info = build_info(BootArea(plan), memmap.map_of(memory), cmdline, placed)
     ranges = plan.apply(memory)
-    return BootImage("multiboot", "protected", start, ranges,
-                     {"rax": BOOTLOADER_MAGIC, "rbx": INFO_ADDR})
+    return BootImage("multiboot", "protected", start, ranges, {"rax": BOOTLOADER_MAGIC, "rbx": info})

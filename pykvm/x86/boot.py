@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import struct
 
-from pykvm.x86.state import CS, DS, ES, FS, GPR_NAMES, GS, RSP, SS, CpuState, DescriptorTable, Segment
+from pykvm.x86.state import CS, DS, ES, FS, GPR_NAMES, GS, RDX, RSP, SS, TR, CpuState, DescriptorTable, Segment
 from pykvm.errors import BadInputError
 from pykvm.x86 import descriptors as D
 from pykvm.x86.bits import (CR0_AM, CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_PAE,
@@ -274,7 +274,35 @@ def initial_state(mode: str, entry: int, stack: int | None = None,
     return state
 
 
+def pvh_state(entry: int, start_info: int, stack: int | None = None) -> CpuState:
+    """The PVH entry state (Xen's x86/HVM direct boot ABI): ``initial_state("protected", ...)``
+    with EBX = ``start_info``, CR0 = PE (and ET, read-only), NE clear, and TR a 32-bit busy TSS
+    with base 0 and limit 0x67."""
+    state = initial_state("protected", entry, stack, {"rbx": start_info})
+    state.cr0 = CR0_PE | CR0_ET
+    state.seg[TR] = Segment(selector=0, base=0, limit=0x67, type=D.SYS_TSS32_BUSY, s=0, present=1)
+    return state
+
+
+def reset_state(signature: int) -> CpuState:
+    """The architectural state after RESET (SDM vol. 3, 10.1.1, table 10-1), where firmware starts.
+
+    Real mode with CS.selector 0xf000 but CS.base 0xffff0000 (limit 0xffff), IP 0xfff0: the
+    first instruction is fetched at 0xfffffff0, the top of the firmware ROM, until the first
+    far jump loads CS with a base of selector << 4. EDX holds the processor signature
+    (``signature``: CPUID leaf 1 EAX, family/model/stepping), CR0 = 0x60000010 (CD, NW, ET),
+    the other data segments selector 0 with base 0 and limit 0xffff, GDTR and IDTR base 0
+    limit 0xffff, EFLAGS 0x2, every other register 0. This is also what KVM reports for a
+    fresh vCPU, except for EDX, which KVM takes from the CPUID table at reset time (before
+    the VMM sets one).
+    """
+    state = CpuState()
+    state.gpr[RDX] = signature & 0xFFFFFFFF
+    return state
+
+
 __all__ = [
+    "reset_state", "pvh_state",
     "gdt_entries", "build_gdt", "segment_from_descriptor",
     "gdt_segment", "real_mode_segment", "identity_page_tables", "boot_memory", "prepare_memory",
     "initial_state", "reserved_end", "default_load_addr", "MODES",

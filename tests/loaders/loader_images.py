@@ -95,3 +95,45 @@ def assemble(tmp_path, source: str, bits: int, ld_args: list[str]) -> bytes:
     subprocess.run(["ld", "-m", emul, "-N", "--build-id=none", *ld_args, "-o", str(out), str(obj)],
                    check=True, capture_output=True)
     return out.read_bytes()
+
+
+# -- PVH and Multiboot 2 ---------------------------------------------------------------------
+def elf_note(owner: bytes, n_type: int, desc: bytes) -> bytes:
+    name = owner + b"\0"
+    pad = lambda b: b.ljust((len(b) + 3) & ~3, b"\0")  # noqa: E731
+    return struct.pack("<III", len(name), len(desc), n_type) + pad(name) + pad(desc)
+
+
+def pvh_kernel(bits: int = 32, entry: int = 0x100000, desc: bytes | None = None, code: bytes = b"\xf4" * 16,
+               notes: bytes | None = None, **elf_args) -> bytes:
+    """An ELF with one PT_LOAD at 1 MiB and a PT_NOTE holding XEN_ELFNOTE_PHYS32_ENTRY."""
+    if desc is None:
+        desc = entry.to_bytes(4 if bits == 32 else 8, "little")
+    notes = elf_note(b"GNU", 5, b"\0" * 8) + elf_note(b"Xen", 18, desc) if notes is None else notes
+    return elf(bits, [Seg(0x100000, code, memsz=0x1000), Seg(0, notes, p_type=4)], 0x100000, **elf_args)
+
+
+MB2_MAGIC = 0xE85250D6
+
+
+def mb2_tag(kind: int, payload: bytes = b"", flags: int = 0) -> bytes:
+    size = 8 + len(payload)
+    return struct.pack("<HHI", kind, flags, size) + payload.ljust((len(payload) + 7) & ~7, b"\0")
+
+
+def mb2_header(*tags: bytes, arch: int = 0, checksum: int | None = None, end: bool = True) -> bytes:
+    body = b"".join(tags) + (mb2_tag(0) if end else b"")
+    length = 16 + len(body)
+    if checksum is None:
+        checksum = -(MB2_MAGIC + arch + length) & 0xFFFFFFFF
+    return struct.pack("<IIII", MB2_MAGIC, arch, length, checksum) + body
+
+
+def mb2_address_kernel(load_addr: int = 0x100000, code: bytes = b"\xf4" * 16, bss: int = 0x100,
+                       *tags: bytes) -> bytes:
+    """A Multiboot 2 kernel loaded by its address tag: the whole file at ``load_addr``, entry at ``code``."""
+    header_len = len(mb2_header(mb2_tag(2, bytes(16)), mb2_tag(3, bytes(4)), *tags))
+    size = header_len + len(code)
+    address = mb2_tag(2, struct.pack("<IIII", load_addr, load_addr, load_addr + size, load_addr + size + bss))
+    entry = mb2_tag(3, struct.pack("<I", load_addr + header_len))
+    return mb2_header(address, entry, *tags) + code

@@ -67,7 +67,7 @@ def test_info_struct(mem):
     assert _cstring(mem, mem.read_u32(info + 64)) == b"pykvm"
     mmap_len, mmap_addr = struct.unpack("<II", mem.read(info + 44, 8))
     entries = [struct.unpack("<IQQI", mem.read(mmap_addr + off, 24)) for off in range(0, mmap_len, 24)]
-    assert entries == [(20, 0, 0xA0000, 1), (20, MIB, 7 * MIB, 1)]
+    assert entries == [(20, 0, 0xA0000, 1), (20, 0xA0000, 0x60000, 2), (20, MIB, 7 * MIB, 1)]   # the machine's map
     assert mem.read(info + 20, 8) == bytes(8)            # no modules
     whats = [r.what for r in img.load_ranges]
     assert "multiboot info" in whats and "multiboot command line" in whats
@@ -167,3 +167,16 @@ def test_multiboot_elf_built_with_binutils(mem, tmp_path):
     img = load(mem, image)
     assert img.format == "multiboot" and img.entry == 0x100000
     assert mem.read(0x100000, 2) == b"\x89\xc1"
+
+
+def test_modules(mem):
+    from pykvm.loaders import Module
+
+    img = load(mem, aout_kernel(), modules=[Module(b"abc", "data.bin arg"), Module(b"z" * 5000, "")])
+    info = img.registers["rbx"]
+    flags, count, addr = struct.unpack("<I16xII", mem.read(info, 28))
+    assert flags & multiboot.MBI_MODS and count == 2
+    mods = [struct.unpack("<IIII", mem.read(addr + 16 * i, 16)) for i in range(2)]
+    assert mods[0][:2] == (0x101000, 0x101003) and _cstring(mem, mods[0][2]) == b"data.bin arg"
+    assert mods[1][:2] == (0x102000, 0x102000 + 5000) and _cstring(mem, mods[1][2]) == b""
+    assert mem.read(0x101000, 3) == b"abc" and mem.read(0x102000, 5000) == b"z" * 5000
