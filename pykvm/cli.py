@@ -166,8 +166,8 @@ def _image_options(f):
         click.option("--mem", "mem", default="64M", show_default=True, help="Guest RAM size."),
         click.option("--cmdline", default="", help="Kernel command line (multiboot, PVH)."),
         click.option("--module", "modules", multiple=True, metavar="PATH[,CMDLINE]",
-                     help="A boot module for a multiboot or PVH kernel (repeatable); its string is "
-                          "CMDLINE, or PATH as given."),
+                     help="A boot module for a multiboot or PVH kernel (repeatable), with its command "
+                          "line (multiboot's module string: CMDLINE, else PATH as given)."),
         click.option("--bios", default=None, metavar="ROM",
                      help="Firmware image (64 KiB-16 MiB) mapped read-only below 4 GiB and started at "
                           "the reset vector; takes no IMAGE."),
@@ -205,7 +205,7 @@ def _open_serial(serial: str):
 
 
 def _read_modules(specs, limit: int) -> list:
-    """``--module PATH[,CMDLINE]`` values: the file's bytes and its string (CMDLINE, else PATH)."""
+    """``--module PATH[,CMDLINE]`` values: the file's bytes, CMDLINE (None without a comma), PATH."""
     from pykvm.guests import read_image
     from pykvm.loaders import Module
 
@@ -214,7 +214,7 @@ def _read_modules(specs, limit: int) -> list:
         path, comma, cmdline = spec.partition(",")
         if not path:
             raise BadInputError(f"--module {spec!r}: expected PATH[,CMDLINE]")
-        modules.append(Module(read_image(Path(path), limit), cmdline if comma else path))
+        modules.append(Module(read_image(Path(path), limit), cmdline if comma else None, path))
     return modules
 
 

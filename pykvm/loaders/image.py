@@ -35,17 +35,25 @@ class LoadRange:
 
 @dataclass(frozen=True)
 class Module:
-    """A boot module (``--module PATH[,CMDLINE]``): its bytes and its string."""
+    """A boot module (``--module PATH[,CMDLINE]``): its bytes, its command line (None when none
+    was given) and its name (the path as given). Multiboot gives each module a string: the
+    command line, else the name, as QEMU's ``-initrd`` does; PVH gives the command line only."""
 
     data: bytes
-    cmdline: str = ""
+    cmdline: str | None = None
+    name: str = ""
+
+    @property
+    def string(self) -> str:
+        return self.name if self.cmdline is None else self.cmdline
 
 
 @dataclass(frozen=True)
 class PlacedModule:
     start: int
     size: int
-    cmdline: str
+    cmdline: str | None
+    string: str
 
     @property
     def end(self) -> int:
@@ -161,9 +169,9 @@ def plan_modules(plan: LoadPlan, modules) -> list[PlacedModule]:
     placed = []
     start = _align(max(r.end for r in plan.image_ranges), MODULE_ALIGN)
     for i, module in enumerate(modules):
-        what = f"module {i}" + (f" ({module.cmdline})" if module.cmdline else "")
+        what = f"module {i}" + (f" ({module.string})" if module.string else "")
         plan.add_image(start, module.data, what=what)
-        placed.append(PlacedModule(start, len(module.data), module.cmdline))
+        placed.append(PlacedModule(start, len(module.data), module.cmdline, module.string))
         start = _align(start + len(module.data), MODULE_ALIGN)
     return placed
 

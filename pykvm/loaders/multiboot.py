@@ -178,7 +178,7 @@ def build_info(area: BootArea, memory_map, cmdline: str, modules: list[PlacedMod
         struct.pack_into("<I", info, 16, area.add_string(cmdline, "multiboot command line"))
     if modules:
         flags |= MBI_MODS
-        entries = b"".join(struct.pack("<IIII", m.start, m.end, area.add_string(m.cmdline, "module string"), 0)
+        entries = b"".join(struct.pack("<IIII", m.start, m.end, area.add_string(m.string, "module string"), 0)
                            for m in modules)
         struct.pack_into("<II", info, 20, len(modules), area.add(entries, "multiboot module list", align=4))
     struct.pack_into("<I", info, 0, flags)

@@ -148,7 +148,7 @@ def build_info(memory_map, cmdline: str, modules) -> bytes:
             _tag(MBI_LOADER_NAME, LOADER_NAME.encode() + b"\0")]
     for m in modules:
         tags.append(_tag(MBI_MODULE, struct.pack("<II", m.start, m.end)
-                         + encode_string(m.cmdline, "module string") + b"\0"))
+                         + encode_string(m.string, "module string") + b"\0"))
     tags.append(_tag(MBI_BASIC_MEMINFO, struct.pack("<II", *memory_map.lower_upper_kib())))
     entries = b"".join(struct.pack("<QQII", start, size, kind, 0) for start, size, kind in memory_map.e820())
     tags.append(_tag(MBI_MMAP, struct.pack("<II", 24, 0) + entries))

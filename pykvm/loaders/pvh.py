@@ -16,7 +16,8 @@ and cloud-hypervisor start them (Xen's "x86/HVM direct boot ABI", ``docs/misc/pv
   address and length of the memory map (``hvm_memmap_table_entry``: addr, size, type,
   reserved: 24 bytes each, types as E820: 1 RAM, 2 reserved). An address of 0 means
   "not present". All of it goes in the boot-information area from 0x7000.
-* Modules (``--module``) are placed page-aligned after the kernel, as for multiboot.
+* Modules (``--module``) are placed page-aligned after the kernel, as for multiboot; a module's
+  command line is given only when one was (QEMU gives its ``-initrd`` none).
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def load(memory, data: bytes, mode: str | None = None, load_addr: int | None = N
     table = b"".join(_MEMMAP.pack(addr, size, kind, 0) for addr, size, kind in memmap.map_of(memory).e820())
     memmap_addr = area.add(table, "PVH memory map")
     cmdline_addr = area.add_string(cmdline, "PVH command line") if cmdline else 0
-    modlist = b"".join(_MODLIST.pack(m.start, m.size, area.add_string(m.cmdline, "module string")
-                                     if m.cmdline else 0, 0) for m in placed)
+    modlist = b"".join(_MODLIST.pack(m.start, m.size, area.add_string(m.cmdline, "module command line")
+                                     if m.cmdline is not None else 0, 0) for m in placed)
     modlist_addr = area.add(modlist, "PVH module list") if placed else 0
     area.put(info_addr, _START_INFO.pack(START_MAGIC, START_VERSION, 0, len(placed), modlist_addr, cmdline_addr,
                                          0, memmap_addr, len(table) // _MEMMAP.size, 0), "PVH start info")

@@ -172,11 +172,11 @@ def test_multiboot_elf_built_with_binutils(mem, tmp_path):
 def test_modules(mem):
     from pykvm.loaders import Module
 
-    img = load(mem, aout_kernel(), modules=[Module(b"abc", "data.bin arg"), Module(b"z" * 5000, "")])
+    img = load(mem, aout_kernel(), modules=[Module(b"abc", "data.bin arg"), Module(b"z" * 5000, None, "z.bin")])
     info = img.registers["rbx"]
     flags, count, addr = struct.unpack("<I16xII", mem.read(info, 28))
     assert flags & multiboot.MBI_MODS and count == 2
     mods = [struct.unpack("<IIII", mem.read(addr + 16 * i, 16)) for i in range(2)]
     assert mods[0][:2] == (0x101000, 0x101003) and _cstring(mem, mods[0][2]) == b"data.bin arg"
-    assert mods[1][:2] == (0x102000, 0x102000 + 5000) and _cstring(mem, mods[1][2]) == b""
+    assert mods[1][:2] == (0x102000, 0x102000 + 5000) and _cstring(mem, mods[1][2]) == b"z.bin"   # its name
     assert mem.read(0x101000, 3) == b"abc" and mem.read(0x102000, 5000) == b"z" * 5000

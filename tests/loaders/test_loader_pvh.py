@@ -34,7 +34,7 @@ def test_auto_prefers_pvh_and_enters_in_32_bit_protected_mode(mem, bits):
 
 def test_start_info(mem):
     img = load(mem, pvh_kernel(), cmdline="root=/dev/vda",
-               modules=[Module(b"A" * 5000, "first"), Module(b"B" * 10, "")])
+               modules=[Module(b"A" * 5000, "first"), Module(b"B" * 10, None, "b.bin")])
     info = img.registers["rbx"]
     magic, version, flags, nr_modules, modlist, cmdline, rsdp, memmap, entries, reserved = struct.unpack(
         "<IIIIQQQQII", mem.read(info, 56))
@@ -45,7 +45,7 @@ def test_start_info(mem):
     first = struct.unpack("<QQQQ", mem.read(modlist, 32))
     second = struct.unpack("<QQQQ", mem.read(modlist + 32, 32))
     assert first[0] == 0x101000 and first[1] == 5000 and mem.read(first[2], 6) == b"first\0"
-    assert second[:3] == (0x103000, 10, 0)          # page-aligned after the first; no string: address 0
+    assert second[:3] == (0x103000, 10, 0)          # page-aligned after the first; no command line: 0
     assert mem.read(0x101000, 5000) == b"A" * 5000 and mem.read(0x103000, 10) == b"B" * 10
     assert all(r.end <= 0x8000 for r in img.load_ranges if r.what.startswith("PVH"))
 
