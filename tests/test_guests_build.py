@@ -74,9 +74,16 @@ def test_flat_images_start_at_their_entry(built):
     multiboot = {"mbshim": 0x1000000}   # a.out-kludge multiboot kernel: its header says where
     for name, path in built.items():
         recipe = bg.RECIPES[name]
-        if recipe.flat:
+        if recipe.flat and not recipe.rom:
             want = multiboot.get(name, load_address[recipe.bits])
             assert _elf_entry(path.with_suffix(".elf")) == want, name
+
+
+def test_roms_have_the_reset_vector_16_bytes_below_their_end(built):
+    for name, path in built.items():
+        if bg.RECIPES[name].rom:
+            assert _elf_entry(path.with_suffix(".elf")) == 0xFFFFFFF0, name
+            assert path.stat().st_size % 0x10000 == 0
 
 
 def test_bootsector_is_512_bytes_with_signature(built):
