@@ -16,6 +16,7 @@ GUEST is a guest name (``timer16``) or a flat image. The exit status is QEMU's.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import shutil
 import struct
@@ -48,13 +49,33 @@ def multiboot_image(image: bytes, mode: str) -> bytes:
     return bytes(shim.ljust(offset, b"\0") + image)
 
 
-def qemu_command(kernel: Path, memory_mib: int = DEFAULT_MEMORY_MIB, testdev: bool = False) -> list[str]:
+def qemu_command(kernel: Path | None, memory_mib: int = DEFAULT_MEMORY_MIB, testdev: bool = False, *,
+                 bios: Path | None = None, initrd: str | None = None, append: str | None = None) -> list[str]:
+    """The reference PC's command line: ``-kernel`` (multiboot 1, PVH, Linux), or ``-bios`` alone
+    for a firmware image; ``initrd`` (``-initrd``: modules, comma-separated) and ``append``
+    (``-append``: the kernel command line) as QEMU spells them."""
     command = [qemu_path() or QEMU, "-machine", "pc", "-accel", "tcg", "-m", str(memory_mib),
                "-nodefaults", "-nographic", "-no-reboot", "-serial", "stdio",
                "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4"]
     if testdev:
         command += ["-device", "pc-testdev"]
-    return command + ["-kernel", str(kernel)]
+    if bios is not None:
+        command += ["-bios", str(bios)]
+    if kernel is not None:
+        command += ["-kernel", str(kernel)]
+    if initrd is not None:
+        command += ["-initrd", initrd]
+    if append is not None:
+        command += ["-append", append]
+    return command
+
+
+_FIRMWARE_NOISE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1bc|SeaBIOS \(version [^)]*\)\r?\n|Booting from ROM\.\.")
+
+
+def guest_output(stdout: str) -> str:
+    """The guest's own COM1 text from QEMU's: without SeaBIOS's banner and terminal escapes."""
+    return _FIRMWARE_NOISE.sub("", stdout)
 
 
 def guest_image(guest: str) -> bytes:
