@@ -49,6 +49,9 @@ STEPPED = -1  # _run_kvm's answer when a single step completed (statuses are >= 
 # Single steps spent on one interrupt the guest holds off (IF = 0) before falling back to
 # PVM's late interrupt-window exit (see Machine._hold_off).
 WINDOW_STEP_BUDGET = 1000
+# A flat image failing within this many emulated instructions (and KVM exits) gets the hint
+# that it may have been entered in the wrong mode (Machine._name_the_mode).
+FEW_INSTRUCTIONS = 64
 
 
 def describe_mode(state: CpuState) -> str:
@@ -295,6 +298,9 @@ class Machine:
                 except GuestExit as e:
                     log.info("guest wrote %#x to the debug-exit port", e.value)
                     return e.status
+                except (EmulationError, GuestShutdownError) as e:
+                    self._name_the_mode(e)
+                    raise
                 finally:
                     # Still under the run's signal handling: a write that blocks is abandoned.
                     self.serial.flush()
@@ -304,6 +310,17 @@ class Machine:
             self.vcpu.immediate_exit = False
             self.stats.seconds += time.perf_counter() - started
             self._count_interrupts()
+
+    def _name_the_mode(self, error: PykvmError) -> None:
+        """A flat image that fails within its first few instructions was most likely entered in
+        the wrong mode (nothing in it says which): the error says how to choose another."""
+        image, stats = self.image, self.stats
+        if (image is None or image.format != "flat" or stats.emulated_instructions > FEW_INSTRUCTIONS
+                or stats.kvm_exits > FEW_INSTRUCTIONS):
+            return
+        others = " or ".join(f"--mode {mode}" for mode in boot.MODES if mode != image.mode)
+        error.args = (f"{error.args[0]}; this flat image was entered in {image.mode} mode (--mode {image.mode}) "
+                      f"and failed at once: if its code is for another mode, run it with {others}",)
 
     def _handle_events(self) -> None:
         """A stop request (Ctrl-C, --timeout) ends the run; anything else was a timer kick."""
