@@ -20,7 +20,6 @@
 #include "bios.h"
 
 #define LONG_CR0 0x80000011         /* PG | ET | PE: caches on (CD, NW clear) */
-#define EFER_SCE 0x00000001
 
 /* The reset vector: 16 bytes at 0xfffffff0 (ld/bios.ld). The call saves IP. */
     .section .reset, "ax"
@@ -96,35 +95,7 @@ pm32:
     push    $BIOS_SAVE
     call    bios_main               // the checks of real and protected mode (bios.c)
 
-    mov     $BIOS_PML4, %edi        // PML4, PDPT, four PDs: 6 pages
-    xor     %eax, %eax
-    mov     $(6 * 4096 / 4), %ecx
-    rep stosl
-    movl    $(BIOS_PML4 + 0x1000 + PTE_P + PTE_W), BIOS_PML4
-    mov     $(BIOS_PML4 + 0x1000), %edi
-    mov     $(BIOS_PML4 + 0x2000 + PTE_P + PTE_W), %eax
-    mov     $4, %ecx
-1:  mov     %eax, (%edi)
-    add     $0x1000, %eax
-    add     $8, %edi
-    loop    1b
-    mov     $(BIOS_PML4 + 0x2000), %edi
-    mov     $(PTE_P + PTE_W + PTE_PS), %eax
-    mov     $2048, %ecx
-1:  mov     %eax, (%edi)
-    add     $0x200000, %eax
-    add     $8, %edi
-    loop    1b
-    mov     $BIOS_PML4, %eax
-    mov     %eax, %cr3
-    mov     $CR4_PAE, %eax
-    mov     %eax, %cr4
-    mov     $MSR_EFER, %ecx
-    rdmsr
-    or      $(EFER_LME | EFER_SCE), %eax
-    wrmsr
-    mov     $LONG_CR0, %eax
-    mov     %eax, %cr0
+    ENTER_LONG_MODE_4GIB BIOS_PML4, LONG_CR0
     ljmp    $0x18, $lm64            // 64-bit code at its ROM address below 4 GiB
 
     .code64

@@ -28,13 +28,10 @@
 #define MB_AOUT      0x00010000     /* load by the header's addresses */
 #define GDT_ADDR     0x500
 #define TRAMPOLINE   0x600          /* the 16-bit code on its way to real mode */
-#define PML4         0x1000
-#define PDPT         0x2000
-#define PD           0x3000         /* four page directories: 4 GiB */
+#define PML4         0x1000         /* then the PDPT and four page directories (guest_asm.h) */
 #define STACK_TOP    0x80000
 #define REAL_LOAD    0x7c00
 #define LONG_CR0     0x80050033     /* PG|AM|WP|NE|ET|MP|PE, as pykvm's long-mode loader */
-#define EFER_SCE     0x00000001
 
 /* DS, ES, FS, GS and SS := selector (the same bytes in 16-, 32- and 64-bit code). */
 .macro LOAD_DATA_SEGMENTS selector
@@ -101,38 +98,7 @@ protected:
     jmp     *%eax
 
 long:
-    mov     $PML4, %edi             // clear PML4, PDPT and the four PDs
-    xor     %eax, %eax
-    mov     $(6 * 4096 / 4), %ecx
-    rep stosl
-    movl    $(PDPT | PTE_P | PTE_W), PML4
-    mov     $PDPT, %edi
-    mov     $(PD | PTE_P | PTE_W), %eax
-    mov     $4, %ecx
-1:  mov     %eax, (%edi)
-    add     $0x1000, %eax
-    add     $8, %edi
-    loop    1b
-    mov     $PD, %edi
-    mov     $(PTE_P | PTE_W | PTE_PS), %eax
-    xor     %edx, %edx              // the high half of each entry: bits 32+ of the address
-    mov     $2048, %ecx
-1:  mov     %eax, (%edi)
-    mov     %edx, 4(%edi)
-    add     $0x200000, %eax
-    adc     $0, %edx
-    add     $8, %edi
-    loop    1b
-    mov     $PML4, %eax
-    mov     %eax, %cr3
-    mov     $CR4_PAE, %eax
-    mov     %eax, %cr4
-    mov     $MSR_EFER, %ecx
-    rdmsr
-    or      $(EFER_LME | EFER_SCE), %eax
-    wrmsr
-    mov     $LONG_CR0, %eax
-    mov     %eax, %cr0
+    ENTER_LONG_MODE_4GIB PML4, LONG_CR0
     ljmp    $0x18, $long64
 
     .code64

@@ -25,6 +25,13 @@ HALTS = {"exits64"}                 # ends in cli; hlt: pykvm's status 0, QEMU s
 # QEMU's TCG departs from the SDM here (guests/README.md, "How they were checked"): it does
 # not enforce data-segment limits or null-selector accesses, which hardware does.
 TCG_DEPARTURES = {"selftest32": ("read past a segment limit", "access through a null")}
+# multiboot32 prints what its loader gave: the magic must agree, the info flags and memory
+# sizes are the loader's (QEMU's multiboot ROM reports SeaBIOS's 639 KiB and more flags). The
+# idle benchmark's wake-up count depends on the host's load (missed ticks are coalesced).
+OWN_LINES = {"multiboot32": lambda run: [line.split(" flags=")[0] for line in run.output.splitlines()
+                                         if "eax=" in line]}
+for _idle in ("idle16", "idle64"):
+    OWN_LINES[_idle] = lambda run: [line.split(", ")[0] for line in run.compared]
 
 
 def qemu_command(name: str, tmp_path):
@@ -42,7 +49,8 @@ def qemu_command(name: str, tmp_path):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Every guest on pykvm and, with QEMU installed, on QEMU, a few at a time."""
+    """Every guest on pykvm and, with QEMU installed, on QEMU, two at a time (the timer guests
+    count ticks against the host clock: more would load two cores too much)."""
     tmp = tmp_path_factory.mktemp("library")
     for name in GUESTS:
         runnable(name)                # built before the timed runs
@@ -50,7 +58,7 @@ def runs(tmp_path_factory):
     if qemu_run.qemu_path() is not None:
         jobs.update({(name, "qemu"): (qemu, (qemu_command(name, tmp), 10 if name in HALTS else 60))
                      for name in GUESTS})
-    with ThreadPoolExecutor(3) as pool:
+    with ThreadPoolExecutor(2) as pool:
         futures = {key: pool.submit(fn, *args) for key, (fn, args) in jobs.items()}
         return {key: future.result() for key, future in futures.items()}
 
@@ -69,22 +77,23 @@ def test_each_guest_runs_without_options(runs, name):
         assert not [line for line in run.compared if line.startswith("FAIL")]
 
 
-def _departing(name: str, line: str) -> bool:
-    return any(what in line for what in TCG_DEPARTURES.get(name, ()))
+def _agreeing(name: str, run) -> list[str]:
+    """The lines both must print where TCG departs from the SDM: not those checks, nor the summary."""
+    return [line for line in run.compared
+            if not line.startswith("SUMMARY") and not any(what in line for what in TCG_DEPARTURES[name])]
 
 
 @needs_qemu
 @pytest.mark.parametrize("name", GUESTS)
 def test_each_guest_does_what_it_does_under_qemu(runs, name):
     ours, theirs = runs[name, "pykvm"], runs[name, "qemu"]
-    assert ours.compared or name in HALTS, f"{name}: nothing to compare"
+    lines = OWN_LINES.get(name, lambda run: run.compared)
+    assert lines(ours) or name in HALTS, f"{name}: nothing to compare"
     if name in HALTS:
         assert theirs.status is None and theirs.output == ours.output == ""
         return
     if name in TCG_DEPARTURES:
-        ours_lines = [line for line in ours.compared if not _departing(name, line) and not line.startswith("SUMMARY")]
-        theirs_lines = [line for line in theirs.compared if not _departing(name, line) and not line.startswith("SUMMARY")]
-        assert theirs_lines == ours_lines
+        assert _agreeing(name, theirs) == _agreeing(name, ours)
         return
     assert theirs.status == ours.status, theirs.output[-1000:]
-    assert theirs.compared == ours.compared
+    assert lines(theirs) == lines(ours)

@@ -69,6 +69,45 @@
 .Lputs_done\@:
 .endm
 
+/* ENTER_LONG_MODE_4GIB pml4, cr0: from 32-bit protected mode with paging off, build at
+ * pml4 an identity map of the first 4 GiB with 2 MiB pages (six zeroed pages: PML4, PDPT,
+ * four page directories), load CR3, set CR4.PAE and EFER.LME|SCE and write cr0 (with PG):
+ * the next far jump to a 64-bit code segment enters 64-bit mode.
+ * Clobbers EAX, ECX, EDX and EDI. */
+.macro ENTER_LONG_MODE_4GIB pml4, cr0
+    mov     $\pml4, %edi
+    xor     %eax, %eax
+    mov     $(6 * 4096 / 4), %ecx
+    rep stosl
+    movl    $(\pml4 + 0x1000 + PTE_P + PTE_W), \pml4
+    mov     $(\pml4 + 0x1000), %edi
+    mov     $(\pml4 + 0x2000 + PTE_P + PTE_W), %eax
+    mov     $4, %ecx
+.Lpdpt\@:
+    mov     %eax, (%edi)
+    add     $0x1000, %eax
+    add     $8, %edi
+    loop    .Lpdpt\@
+    mov     $(\pml4 + 0x2000), %edi
+    mov     $(PTE_P | PTE_W | PTE_PS), %eax
+    mov     $2048, %ecx
+.Lpd\@:
+    mov     %eax, (%edi)            // the high halves stay 0: all of it is below 4 GiB
+    add     $0x200000, %eax
+    add     $8, %edi
+    loop    .Lpd\@
+    mov     $\pml4, %eax
+    mov     %eax, %cr3
+    mov     $CR4_PAE, %eax
+    mov     %eax, %cr4
+    mov     $MSR_EFER, %ecx
+    rdmsr
+    or      $(EFER_LME | 0x1), %eax // LME and SCE
+    wrmsr
+    mov     $\cr0, %eax
+    mov     %eax, %cr0
+.endm
+
 /* HALT_FOREVER: park the CPU if the debug-exit port was not wired up. */
 .macro HALT_FOREVER
     cli

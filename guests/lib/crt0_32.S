@@ -22,13 +22,22 @@ _start:
     cli
     cld
     mov     $stack_top, %esp
+#ifdef CRT0_KERNEL
+    mov     %eax, %esi              // lib/crt0_kernel.S: the boot magic, past the .bss loop
+#endif
     xor     %ebp, %ebp              // terminates frame-pointer walks
     mov     $__bss_start, %edi      // zero .bss (the stack too: it is unused yet)
     mov     $__bss_end, %ecx
     sub     %edi, %ecx
     xor     %eax, %eax
     rep stosb
+#ifdef CRT0_KERNEL
+    push    %ebx                    // kernel_main(magic, boot information)
+    push    %esi
+    call    kernel_main
+#else
     call    main
+#endif
     outl    %eax, $DEBUG_EXIT_PORT  // status (main's result << 1) | 1
     HALT_FOREVER
 

@@ -163,6 +163,17 @@ class LoadPlan:
         return self.image_ranges + [LoadRange(gpa, len(data), what) for gpa, data, what in self._boot]
 
 
+def check_kernel_options(protocol: str, memory, mode: str | None, load_addr: int | None) -> None:
+    """What a boot protocol's kernel (Multiboot 1 and 2, PVH) refuses: an entry mode other than
+    32-bit protected mode, a load address (the kernel says where it goes), RAM not from 0."""
+    if mode not in (None, "protected"):
+        raise BadInputError(f"{protocol} kernels start in 32-bit protected mode, not {mode}")
+    if load_addr is not None:
+        raise BadInputError(f"a load address does not apply to {protocol} kernels (the kernel says where it goes)")
+    if memory.base != 0:
+        raise BadInputError(f"{protocol} needs guest RAM starting at address 0")
+
+
 def plan_modules(plan: LoadPlan, modules) -> list[PlacedModule]:
     """Place ``modules`` one after the other, each on a page boundary, from the first page past
     everything the image occupies (as QEMU's multiboot loader does); checked with the plan."""

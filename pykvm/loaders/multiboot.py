@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 from pykvm.errors import BadInputError
 from pykvm.loaders import elf as elf_loader
-from pykvm.loaders.image import BootArea, BootImage, LoadPlan, PlacedModule, add_mode_structures, plan_modules
+from pykvm.loaders.image import (BootArea, BootImage, LoadPlan, PlacedModule, add_mode_structures,
+                                  check_kernel_options, plan_modules)
 from pykvm.x86 import boot, memmap
 
 HEADER_MAGIC = 0x1BADB002
@@ -189,12 +190,7 @@ def build_info(area: BootArea, memory_map, cmdline: str, modules: list[PlacedMod
 def load(memory, data: bytes, mode: str | None = None, load_addr: int | None = None,
          entry: int | None = None, cmdline: str = "", modules=()) -> BootImage:
     """Load a multiboot kernel (and its modules); it starts in protected mode with EAX/EBX set."""
-    if mode not in (None, "protected"):
-        raise BadInputError(f"multiboot kernels start in protected mode, not {mode}")
-    if load_addr is not None:
-        raise BadInputError("a load address does not apply to multiboot kernels (the header gives it)")
-    if memory.base != 0:
-        raise BadInputError("multiboot needs guest RAM starting at address 0")
+    check_kernel_options("multiboot", memory, mode, load_addr)
     header = parse_header(data)
     plan = LoadPlan("protected")
     start = _plan_aout(plan, header, data) if header.flags & HF_AOUT_KLUDGE else _plan_elf(plan, data)

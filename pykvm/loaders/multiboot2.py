@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 from pykvm.errors import BadInputError
 from pykvm.loaders import multiboot
-from pykvm.loaders.image import BootArea, BootImage, LoadPlan, add_mode_structures, encode_string, plan_modules
+from pykvm.loaders.image import (BootArea, BootImage, LoadPlan, add_mode_structures, check_kernel_options,
+                                  encode_string, plan_modules)
 from pykvm.x86 import memmap
 
 HEADER_MAGIC = 0xE85250D6
@@ -165,12 +166,7 @@ def _tag(kind: int, payload: bytes) -> bytes:
 def load(memory, data: bytes, mode: str | None = None, load_addr: int | None = None,
          entry: int | None = None, cmdline: str = "", modules=()) -> BootImage:
     """Load a Multiboot 2 kernel and its modules; it starts in protected mode with EAX/EBX set."""
-    if mode not in (None, "protected"):
-        raise BadInputError(f"Multiboot 2 kernels start in protected mode, not {mode}")
-    if load_addr is not None:
-        raise BadInputError("a load address does not apply to Multiboot 2 kernels (the kernel gives it)")
-    if memory.base != 0:
-        raise BadInputError("Multiboot 2 needs guest RAM starting at address 0")
+    check_kernel_options("Multiboot 2", memory, mode, load_addr)
     header = parse_header(data)
     plan = LoadPlan("protected")
     if header.address is not None:

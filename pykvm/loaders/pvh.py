@@ -26,7 +26,8 @@ import struct
 
 from pykvm.errors import BadInputError
 from pykvm.loaders import elf as elf_loader
-from pykvm.loaders.image import BootArea, BootImage, LoadPlan, add_mode_structures, plan_modules
+from pykvm.loaders.image import (BootArea, BootImage, LoadPlan, add_mode_structures, check_kernel_options,
+                                  plan_modules)
 from pykvm.x86 import memmap
 
 XEN_NOTE_OWNER = b"Xen"
@@ -73,12 +74,7 @@ def entry_point(data: bytes) -> int:
 
 def load(memory, data: bytes, mode: str | None = None, load_addr: int | None = None,
          entry: int | None = None, cmdline: str = "", modules=()) -> BootImage:
-    if mode not in (None, "protected"):
-        raise BadInputError(f"PVH kernels start in 32-bit protected mode, not {mode}")
-    if load_addr is not None:
-        raise BadInputError("a load address does not apply to PVH kernels (segments go to p_paddr)")
-    if memory.base != 0:
-        raise BadInputError("PVH needs guest RAM starting at address 0")
+    check_kernel_options("PVH", memory, mode, load_addr)
     elf = elf_loader.parse_elf(data)
     start = entry_point(data) if entry is None else entry
     if any(s.paddr + s.memsz > 1 << 32 for s in elf.segments):

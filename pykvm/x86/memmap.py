@@ -21,8 +21,9 @@ PCI hole - 4 GiB            device MMIO (pc-testdev's page at 0xff000000), the f
 
 Regions never overlap; address ranges no region names (the PCI hole) are unmapped: reads
 there see all-ones, writes are dropped. The machine backs the reserved legacy hole with RAM,
-as a PC has shadow RAM there, but nothing is placed there and the guest is told to keep out. ``e820()`` gives the firmware-style table (RAM as
-type 1, everything else the map names as reserved, type 2).
+as a PC has shadow RAM there, but nothing is placed there and the guest is told to keep out.
+``e820()`` gives the firmware-style table (RAM as type 1, everything else the map names as
+reserved, type 2).
 """
 
 from __future__ import annotations

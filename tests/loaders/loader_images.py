@@ -75,6 +75,14 @@ def aout_kernel(load_addr: int = 0x100000, code: bytes = b"\xf4" * 16, bss: int 
     return pad + mb_header(0x10003, fields) + code
 
 
+@pytest.fixture
+def mem():
+    """8 MiB of guest RAM filled with 0xa5 (so zero-filled bss shows)."""
+    with GuestMemory(8 << 20) as m:
+        m.fill(0, m.size, 0xA5)
+        yield m
+
+
 def snapshot(mem: GuestMemory) -> bytes:
     return bytes(mem.view)
 

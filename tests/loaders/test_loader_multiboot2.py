@@ -6,17 +6,10 @@ import pytest
 
 from pykvm.errors import BadInputError
 from pykvm.loaders import Module, detect, load, multiboot2
-from pykvm.memory import GuestMemory
-from tests.loaders.loader_images import (Seg, elf, mb2_address_kernel, mb2_header, mb2_tag, mb_header, snapshot)
+from tests.loaders.loader_images import (Seg, elf, mb2_address_kernel, mb2_header, mb2_tag, mb_header,  # noqa: F401
+                                         mem, snapshot)
 
 MIB = 1 << 20
-
-
-@pytest.fixture
-def mem():
-    with GuestMemory(8 * MIB) as m:
-        m.fill(0, m.size, 0xA5)
-        yield m
 
 
 def info_tags(mem, addr):

@@ -6,17 +6,10 @@ import pytest
 
 from pykvm.errors import BadInputError
 from pykvm.loaders import Module, detect, load, pvh
-from pykvm.memory import GuestMemory
 from pykvm.x86.state import CS, RBX, TR
-from tests.loaders.loader_images import Seg, elf, elf_note, pvh_kernel, snapshot
+from tests.loaders.loader_images import Seg, elf, elf_note, mem, pvh_kernel, snapshot  # noqa: F401 (mem: a fixture)
 
 MIB = 1 << 20
-
-
-@pytest.fixture
-def mem():
-    with GuestMemory(8 * MIB) as m:
-        yield m
 
 
 @pytest.mark.parametrize("bits", [32, 64])
