@@ -176,7 +176,9 @@ def _image_options(f):
                      show_default=True, help="Who emulates non-PVM mode: pykvm, or the host kernel."),
         click.option("--emul-batch", type=click.IntRange(1), default=pvm.DEFAULT_BATCH, show_default=True,
                      help="Instructions emulated per batch before checking for events."),
-        click.option("-v", "--verbose", count=True, help="Log mode switches and conversions (-vv: also every KVM exit and unclaimed access)."),
+        click.option("-v", "--verbose", count=True,
+                     help="Log the memory map, mode switches and conversions (-vv: also every KVM exit, unclaimed "
+                          "access and dropped ROM write)."),
         click.option("--device", default="/dev/kvm", show_default=True, help="KVM device to use."),
         click.option("--testdev/--no-testdev", default=None,
                      help="Add QEMU's pc-testdev (ports 0xe0-0xe4, IRQ lines at 0x2000+n), as kvm-unit-tests use "

@@ -33,7 +33,7 @@ from pykvm.kvm.exits import IO_HEADER, IO_HEADER_OFFSET, IO_STRUCTS, ExitReason
 from pykvm.kvm.vcpu import SYNC_CS_L_BYTE, SYNC_EFER_LMA_BYTE, MsrBackend
 from pykvm.devices.rom import Rom
 from pykvm.devices.testdev import IOMEM_BASE, IOMEM_SIZE
-from pykvm.memory import GuestMemory, MemoryDevice, PhysicalView
+from pykvm.memory import GuestMemory, MemoryDevice, PhysicalView, RamMappingError
 from pykvm.platform import PcPlatform
 from pykvm.x86 import boot, memmap
 from pykvm.x86.bits import CR0_PE, CR0_PG, EFER_LMA, FLAG_IF
@@ -154,13 +154,17 @@ class Machine:
         """
         low = min(memory_size, memmap.PCI_HOLE_START)
         hole = (self.rom.alias_base, memmap.HIGH_RAM_START) if self.rom is not None else None
-        self.memory = GuestMemory(low, hole=hole)
+        try:
+            self.memory = GuestMemory(low, hole=hole)
+            if memory_size > low:
+                self.high_memory = GuestMemory(memory_size - low, base=memmap.FOUR_GIB)
+        except RamMappingError as e:            # one message for all of RAM, whichever part failed
+            raise RamMappingError(memory_size, e.reason) from None
         self.memory.memory_map = self.memory_map
         lo, hi = self.memory.hole_start, self.memory.hole_end
         ranges = [(0, 0, lo), (hi, hi, low - hi)] if hi else [(0, 0, low)]
         self.vm.map_memory(self.memory, ranges=[r for r in ranges if r[2]])
-        if memory_size > low:
-            self.high_memory = GuestMemory(memory_size - low, base=memmap.FOUR_GIB)
+        if self.high_memory is not None:
             self.vm.map_memory(self.high_memory)
         if self.rom is not None:
             self.vm.map_memory(self.rom.memory, readonly=True, ranges=self.rom.slots)

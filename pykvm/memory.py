@@ -23,6 +23,15 @@ class GuestMemoryError(PykvmError):
 _PAGE = 4096
 
 
+class RamMappingError(HostError):
+    """The host would not map guest RAM; ``reason`` is the system's (for a message about all of
+    a machine's RAM when one of its mappings failed)."""
+
+    def __init__(self, size: int, reason: str):
+        super().__init__(f"cannot map {size:#x} bytes of guest RAM: {reason} (more memory than this host can give)")
+        self.reason = reason
+
+
 class GuestMemory:
     """``size`` bytes of guest RAM starting at guest-physical address ``base``.
 
@@ -49,8 +58,7 @@ class GuestMemory:
             self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
                                   prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as e:    # ENOMEM: more than the host will commit
-            raise HostError(f"cannot map {size:#x} bytes of guest RAM: {e.strerror} "
-                            "(more memory than this host can give)") from None
+            raise RamMappingError(size, e.strerror) from None
         self.view = memoryview(self._map)
         self.closed = False
 

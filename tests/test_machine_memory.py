@@ -55,3 +55,15 @@ def test_cmos_memory_size_agrees_with_the_map():
         assert int.from_bytes(cmos[0x15:0x17], "little") == 640
         assert int.from_bytes(cmos[0x34:0x36], "little") == (3 * 1024 - 16) * 16     # 64 KiB units over 16 MiB
         assert int.from_bytes(cmos[0x5B:0x5E], "little") == 128 * 16                 # above 4 GiB
+
+
+def test_loaders_refuse_images_over_the_rom():
+    """With a ROM, a loader refuses to place anything where it shows (from Python: the CLI takes
+    no IMAGE with --bios)."""
+    from pykvm.errors import BadInputError
+
+    rom = bytes(0x20000)
+    with Machine(serial_output=io.BytesIO(), bios=rom) as machine:
+        with pytest.raises(BadInputError, match=r"overlaps the firmware ROM \(alias below 1 MiB\) 0xe0000-0xfffff"):
+            machine.load(b"\xf4" * 16, "flat", mode="real", load_addr=0xE8000)
+        assert not machine.memory.contains(0xE0000) and machine.physical.read(0xFFFF0, 2) == b"\0\0"
