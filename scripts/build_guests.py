@@ -79,6 +79,7 @@ class Recipe:
     extra_cflags: tuple[str, ...] = field(default=())
     rom: bool = False
     machine: tuple[tuple[str, bool], ...] = ()
+    runs_alone: bool = True        # False: a tool for other guests (mbshim), not something to run
 
     @property
     def primary_suffix(self) -> str:
@@ -139,7 +140,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe("mb2", ("lib/crt0_kernel.S", "mb2.c", "lib/checks.c", "lib/printf.c", "lib/string.c"),
                "ld/kernel32.ld", 32, flat=False,
                description="Multiboot 2 kernel (and Multiboot 1, for QEMU) in C: CRC-32 of its modules"),
-        Recipe("mbshim", ("mbshim.S",), "ld/mbshim.ld", 32,
+        Recipe("mbshim", ("mbshim.S",), "ld/mbshim.ld", 32, runs_alone=False,
                description="multiboot kernel that enters an appended flat guest as pykvm's loader would"),
         Recipe("timer16", ("lib/crt0_16.S", "lib/vectors16.S") + _TIMER_C, "ld/real16.ld", 16,
                extra_cflags=("-DTIMER16",),
@@ -336,6 +337,8 @@ def build(name: str, *, src_dir: Path | None = None, out_dir: Path | None = None
 
 def build_runnable(name: str, **kwargs) -> Path:
     """Build guest ``name`` if needed; return the output ``pykvm run`` starts (``runnable_suffix``)."""
+    if not recipe(name).runs_alone:
+        raise GuestBuildError(f"'{name}' is not a guest to run alone: {recipe(name).description}")
     primary = build(name, **kwargs)
     return primary.with_suffix(recipe(name).runnable_suffix)
 

@@ -19,7 +19,7 @@ from tests.reference import needs_qemu, pykvm, qemu, qemu_run
 pytestmark = pytest.mark.kvm
 
 RECIPES = build_script().RECIPES
-GUESTS = [name for name in RECIPES if name != "mbshim"]       # the shim starts others
+GUESTS = [name for name, recipe in RECIPES.items() if recipe.runs_alone]       # not mbshim: it starts others
 SHIM_MODE = {16: "real", 32: "protected", 64: "long"}
 HALTS = {"exits64"}                 # ends in cli; hlt: pykvm's status 0, QEMU stays halted
 # QEMU's TCG departs from the SDM here (guests/README.md, "How they were checked"): it does
@@ -61,6 +61,12 @@ def runs(tmp_path_factory):
     with ThreadPoolExecutor(2) as pool:
         futures = {key: pool.submit(fn, *args) for key, (fn, args) in jobs.items()}
         return {key: future.result() for key, future in futures.items()}
+
+
+def test_the_shim_is_not_run_alone():
+    assert "mbshim" not in GUESTS
+    result = pykvm("guests/mbshim")
+    assert result.status == 2 and "'mbshim' is not a guest to run alone" in result.stderr
 
 
 @pytest.mark.parametrize("name", GUESTS)
