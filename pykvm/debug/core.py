@@ -85,8 +85,8 @@ class Debugger:
         self.machine = machine
         self.symbols = symbols or {}
         self.syntax = syntax
-        self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.timeout = timeout
+        self.timeout = timeout                # --timeout: seconds the guest may run (stopped time is free)
+        self.run_seconds = 0.0
         self.breakpoints: list[int] = []      # linear addresses, in the order they were set
         self.ended: Stop | None = None        # the "exited" stop, once the run is over
         self.steps = 0                        # instructions stepped
@@ -167,9 +167,9 @@ class Debugger:
         return self.ended
 
     def _remaining(self) -> float | None:
-        if self.deadline is None:
+        if self.timeout is None:
             return None
-        left = self.deadline - time.monotonic()
+        left = self.timeout - self.run_seconds
         if left <= 0:
             raise GuestTimeoutError(f"guest still running after --timeout {self.timeout:g}s")
         return left
@@ -219,7 +219,11 @@ class Debugger:
                 stop = self.step()            # off the breakpoint we stand on
                 if stop.exited:
                     return stop
-            status = m.run(timeout=self._remaining())
+            started = time.monotonic()
+            try:
+                status = m.run(timeout=self._remaining())
+            finally:
+                self.run_seconds += time.monotonic() - started
         except PykvmError as e:
             return self._end(None, e)
         if status is not None:
