@@ -73,7 +73,8 @@ class RunStats:
     interrupts_injected: int = 0    # ... and KVM_INTERRUPT injected
     seconds: float = 0.0
     emulator_seconds: float = 0.0   # of which in the emulator ...
-    kvm_seconds: float = 0.0        # ... and under KVM (KVM_RUN with the exits handled inline)
+    kvm_seconds: float = 0.0        # ... under KVM (KVM_RUN with the exits handled inline) ...
+    halted_seconds: float = 0.0     # ... and asleep in HLT
 
 
 @dataclass(frozen=True)
@@ -328,14 +329,18 @@ class Machine:
         if self._in_step or self._control is None:
             return None
         platform = self.platform
-        while not platform.intr:
-            if self.events.pending and self._handle_events():
-                if self.in_pvm_mode:
-                    self._halted_rflags = rflags     # KVM is past the HLT: sleep on when resumed
-                return None
-            self._control.sleep_until(platform.next_deadline_ns())
-            platform.poll()
-        return None
+        started = time.perf_counter()
+        try:
+            while not platform.intr:
+                if self.events.pending and self._handle_events():
+                    if self.in_pvm_mode:
+                        self._halted_rflags = rflags     # KVM is past the HLT: sleep on when resumed
+                    return None
+                self._control.sleep_until(platform.next_deadline_ns())
+                platform.poll()
+            return None
+        finally:
+            self.stats.halted_seconds += time.perf_counter() - started
 
     def _run_emulator(self) -> int | None:
         emulator = self.emulator
@@ -395,6 +400,7 @@ class Machine:
             ioctl = tracer.timed(ioctl)     # --trace: time spent inside KVM_RUN itself
         pic = self.platform.pic
         started = time.perf_counter()
+        halted = stats.halted_seconds
         try:
             while not events.pending:
                 if pic.intr:
@@ -475,7 +481,7 @@ class Machine:
             return None
         finally:
             stats.kvm_exits += exits
-            stats.kvm_seconds += time.perf_counter() - started
+            stats.kvm_seconds += time.perf_counter() - started - (stats.halted_seconds - halted)
 
     def _log_exit(self, reason: int) -> None:
         log.debug("exit %d: %s at rip=%#x", self.stats.kvm_exits + 1, self.vcpu.exit_record(reason).describe(),

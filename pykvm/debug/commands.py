@@ -1,13 +1,16 @@
 """The bodies of ``pykvm step``, ``pykvm run --trace`` / ``--gdb`` and ``pykvm debug`` (cli.py
-declares the options and calls these with a loaded ``Machine``)."""
+declares the options and calls these with a loaded ``Machine``). Output goes through
+``emit(line)`` (the trace: stdout) and ``note(line)`` (messages: stderr, or stdout in text mode)."""
 
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import Callable, TextIO
 
 from pykvm.debug.core import Debugger, Stop
 from pykvm.debug.dump import format_registers
+
+Writer = Callable[[str], None]
 
 
 def _finish(stop: Stop) -> int:
@@ -17,40 +20,40 @@ def _finish(stop: Stop) -> int:
     return stop.status
 
 
-def step(debugger: Debugger, out: TextIO, info: TextIO, count: int | None, breaks: list[int],
+def step(debugger: Debugger, emit: Writer, note: Writer, count: int | None, breaks: list[int],
          until: int | None, as_json: bool, regs: bool, every: bool) -> int:
     """Run at full speed to the first of ``breaks`` (if any), then step ``count`` instructions
-    (or until ``until``), one record each: text lines or JSON objects on ``out``."""
+    (or until ``until``), one record each: text lines or JSON objects."""
     for address in breaks:
         debugger.add_breakpoint(address)
     if breaks:
         stop = debugger.cont()
         if stop.exited:
-            info.write(f"guest ended with status {_finish(stop)} before reaching a breakpoint\n")
+            note(f"guest ended with status {_finish(stop)} before reaching a breakpoint")
             return stop.status
         where = debugger.symbolize(stop.address)
-        info.write(f"{stop.reason} at {stop.address:#x}{f' ({where})' if where else ''} in {debugger.mode()}, "
-                   f"after {debugger.machine.stats.emulated_instructions} emulated instructions and "
-                   f"{debugger.machine.stats.kvm_exits} KVM exits\n")
+        m = debugger.machine
+        note(f"{stop.reason} at {stop.address:#x}{f' ({where})' if where else ''} in {debugger.mode()}, after "
+             f"{m.stats.emulated_instructions} emulated instructions and {m.stats.kvm_exits} KVM exits")
         for address in breaks:
             debugger.remove_breakpoint(address)
     done = 0
     while count is None or done < count:
         if until is not None and debugger.pc() == until:
-            info.write(f"reached {until:#x}\n")
+            note(f"reached {until:#x}")
             break
         record, stop = debugger.step_record()
         if record is not None:
-            out.write((record.as_json() if as_json else record.line()) + "\n")
+            emit(record.as_json() if as_json else record.line())
             if record.event is None:
                 done += 1
         if every and not as_json:
-            out.write(format_registers(debugger.state()) + "\n")
+            emit(format_registers(debugger.state()))
         if stop.exited:
-            (info if as_json else out).write(f"guest ended with status {_finish(stop)}\n")
+            note(f"guest ended with status {_finish(stop)}")
             return stop.status
     if regs and not every and not as_json:
-        out.write(format_registers(debugger.state()) + "\n")
+        emit(format_registers(debugger.state()))
     return 0
 
 
@@ -88,11 +91,32 @@ def run_gdb(machine, spec: str, timeout: float | None, symbols: dict[str, int]) 
 
 
 def debug(debugger: Debugger, stdin: TextIO, stdout: TextIO) -> int:
-    """``pykvm debug``: the interactive prompt (scripted when stdin is not a terminal)."""
+    """``pykvm debug``: the interactive prompt (scripted when stdin is not a terminal). Its status:
+    the guest's, if it ended; 0 if the debugger was left with the guest stopped."""
     from pykvm.debug.prompt import DebugShell
 
-    shell = DebugShell(debugger, stdin, stdout)
-    shell.run()
+    DebugShell(debugger, stdin, stdout).run()
     if debugger.ended is not None:
         return _finish(debugger.ended)
     return 0
+
+
+class SerialLines:
+    """The guest's serial output as lines of their own between a trace's lines: each starts
+    with ``prefix`` (the UART hands over whole lines, and the rest at its flush)."""
+
+    def __init__(self, stream, prefix: bytes = b"serial| "):
+        self.stream = stream
+        self.prefix = prefix
+        self.name = getattr(stream, "name", "<stdout>")
+        self._at_start = True
+
+    def __call__(self, data: bytes) -> None:
+        out = bytearray()
+        for line in data.splitlines(keepends=True):
+            if self._at_start:
+                out += self.prefix
+            out += line
+            self._at_start = line.endswith(b"\n")
+        self.stream.write(bytes(out))
+        self.stream.flush()

@@ -94,6 +94,10 @@ def describe_exit(vcpu, reason: int) -> str:
         return text
     if reason == ExitReason.MMIO:
         return f"{record.describe()} data={record.value:#x}"
+    if reason == ExitReason.DEBUG:
+        dr6 = record.dr6
+        what = "single step" if dr6 & 0x4000 else ", ".join(f"DR{i}" for i in range(4) if dr6 >> i & 1)
+        return f"debug ({what or 'unknown'}) pc={record.pc:#x}"
     return record.describe()
 
 
@@ -109,13 +113,16 @@ class Folder:
         self.runs = [0] * (window + 1)     # runs[p]: how many keys in a row equal the key p earlier
         self.period = 0
         self.folded = 0
+        self.text: list[str] = []
 
-    def add(self, key, line: str) -> None:
+    def add(self, key, line: str, text: str = "") -> None:
+        """``text``: what a folded line contributes to the fold line (a character printed)."""
         keys = self.keys
         if self.period:
             if len(keys) >= self.period and keys[-self.period] == key:
                 keys.append(key)
                 self.folded += 1
+                self.text.append(text)
                 return
             self.flush()
         n = len(keys)
@@ -137,9 +144,11 @@ class Folder:
         if self.period and self.folded:
             p = self.period
             what = "line" if p == 1 else f"{p} lines"
+            printed = "".join(self.text)
             self.write(f"{'':>6} ... the {what} above repeated {self.folded // p} more times "
-                       f"({self.folded} lines folded)")
+                       f"({self.folded} lines folded){f', printing {printed!r}' if printed else ''}")
         self.period = self.folded = 0
+        self.text = []
         self.runs = [0] * (self.window + 1)
 
 
@@ -173,11 +182,11 @@ class RunTracer:
     def _write(self, line: str) -> None:
         self.out.write(line + "\n")
 
-    def _emit(self, key, line: str) -> None:
+    def _emit(self, key, line: str, text: str = "") -> None:
         if self.folder is None:
             self._write(line)
         else:
-            self.folder.add(key, line)
+            self.folder.add(key, line, text)
 
     def _section(self, text: str) -> None:
         if self.folder is not None:
@@ -213,7 +222,9 @@ class RunTracer:
         elif emulator.interrupts_delivered > delivered:
             record = pending.record(self.instructions, machine.state, "interrupt")
         else:
-            return                       # nothing ran: converted to PVM mode, or halted
+            if machine.next_instruction_in_kvm:      # nothing ran: converting to PVM mode
+                self._note_mode(pending.mode, True, pending.linear)
+            return
         self._emit(record.linear, record.line())
 
     # -- KVM exits --------------------------------------------------------------------------------
@@ -241,9 +252,14 @@ class RunTracer:
         self._note_mode(self.mode_name(sregs.cr0, sregs.efer, sregs.cs.l, sregs.cs.db), True, rip)
         text = describe_exit(vcpu, reason)
         line = f"{'':>6} kvm exit {self._exit_number:<6} rip={rip:#x}  {text}"
-        record = vcpu.exit_record(reason)
-        key = (rip, reason, getattr(record, "port", None) if reason == ExitReason.IO else None)
-        self._emit(key, line)
+        printed = ""
+        port = None
+        if reason == ExitReason.IO:
+            record = vcpu.exit_record(reason)
+            port = record.port
+            if record.is_out and record.size == 1 and record.count == 1:
+                printed = chr(record.values()[0])
+        self._emit((rip, reason, port), line, printed)
 
     # -- the end ------------------------------------------------------------------------------------
     def finish(self) -> None:
@@ -261,6 +277,8 @@ class RunTracer:
                  + (f" ({self.kvm_run_seconds:.3f} s inside KVM_RUN)" if self.exits else "")]
         for name, count in self.exits.most_common():
             lines.append(f"    {name:<21} {count:>10,}")
+        if s.halted_seconds:
+            lines.append(f"  {'':<34}{s.halted_seconds:8.3f} s asleep in HLT")
         lines += [f"  conversions to PVM mode {s.conversions:>10,}",
                   f"  back in non-PVM mode    {s.reentries:>10,}",
                   f"  interrupts              {s.interrupts_emulated:>10,} emulated, {s.interrupts_injected:,} injected"]
