@@ -260,6 +260,7 @@ class Machine:
                         status = self._halted(rflags, "KVM")
                         if status is not None or self.debug_stop is not None:
                             return status
+                        self._ready_after_hlt()
                     while True:
                         if self.events.pending and self._handle_events():
                             return None
@@ -577,8 +578,12 @@ class Machine:
         """Whether the next instruction runs under KVM (PVM mode, or --emulator kernel), not in pykvm."""
         return self.in_pvm_mode or self.emulator_kind == "kernel" or pvm.may_convert(self.state)
 
-    def step(self) -> int | None:
-        """Execute exactly one guest instruction, in the emulator or under KVM single-step.
+    def step(self, timeout: float | None = None) -> int | None:
+        """Execute exactly one guest instruction, in the emulator or under KVM single-step; or
+        deliver the interrupt one is pending for (then the vCPU is at the handler's first
+        instruction and none ran). A vCPU halted by a step onto HLT (IF = 1) first sleeps until
+        an interrupt wakes it, as in ``run`` (``timeout``, Ctrl-C and ``request_stop`` end the
+        sleep; after a stop request nothing ran and ``debug_stop`` says why).
 
         Returns the exit status if the guest ended with that instruction (halt with
         interrupts off, debug-exit write), else None.
@@ -586,6 +591,11 @@ class Machine:
         self._check_open()
         if self.state is None:
             raise HostError("nothing loaded: call load() or set_state() first")
+        self.debug_stop = None
+        if self._halted_rflags is not None or (not self.in_pvm_mode and self.state.halted):
+            status = self._sleep_in_halt(timeout)
+            if status is not None or self.debug_stop is not None:
+                return status
         self._in_step = True
         try:
             if not self.next_instruction_in_kvm:
@@ -609,9 +619,31 @@ class Machine:
         if not pvm.is_supervisor(self.state):
             raise EmulationError("guest switched to user mode outside PVM mode", rip=self.state.rip)
         if self.state.halted:
-            self.state.halted = False
-            return self._halted(self.state.rflags, "emulator")
+            return self._halted(self.state.rflags, "emulator")   # the next step waits for the interrupt
         return None
+
+    def _sleep_in_halt(self, timeout: float | None) -> int | None:
+        """``step`` at a vCPU halted with IF = 1: sleep (as ``run`` does) until INTR is up."""
+        rflags = self.state.rflags if self._halted_rflags is None else self._halted_rflags
+        self._halted_rflags = None
+        self.events.pending = False
+        control = self._control = RunControl(self.events, [self.vcpu], timeout)
+        try:
+            with control:
+                status = self._halted(rflags, "step")
+        finally:
+            self._control = None
+            self.vcpu.immediate_exit = False
+        if status is None and self.debug_stop is None:
+            self._ready_after_hlt()
+        return status
+
+    def _ready_after_hlt(self) -> None:
+        """Past a HLT with IF = 1 there is no interrupt shadow: KVM can take an interrupt, though
+        kvm_run still describes the exit before the HLT (maybe STI's shadow, not ready)."""
+        if self.in_pvm_mode:
+            run = self.vcpu.kvm_run
+            run.ready_for_interrupt_injection = run.if_flag = 1
 
     def _step_kvm(self) -> int | None:
         # Single-stepping HLT under PVM reports a debug exit *after* the HLT and never the halt
@@ -625,6 +657,8 @@ class Machine:
             regs = self.vcpu.get_regs()
             regs.rip += 1
             self.vcpu.set_regs(regs)
+            if regs.rflags & FLAG_IF:
+                self._halted_rflags = regs.rflags     # halted: the next step or run sleeps first
             return self._halted(regs.rflags, "KVM")
         self._set_single_step(True)
         while True:

@@ -184,15 +184,18 @@ class Debugger:
         m = self.machine
         state = self.state()
         pending = Pending(state, m.memory, self.executor, describe_mode(state), self.syntax)
-        executed, delivered = self._counts()
+        delivered = self._interrupts()
         try:
             m.platform.poll()             # timers keep time while stepping, as when running
-            status = m.step()
+            status = m.step(self._remaining())
         except PykvmError as e:
             return None, self._end(None, e)
+        if m.debug_stop is not None:      # asked to stop while the vCPU slept in HLT: nothing ran
+            return None, Stop(m.debug_stop.reason, self.pc())
         after = self.state()
-        new_executed, new_delivered = self._counts()
-        if new_executed == executed and new_delivered > delivered:
+        if self._interrupts() > delivered:
+            # The step delivered an external interrupt and stopped at the handler's first
+            # instruction: nothing ran (the emulator's way, and PVM's, measured).
             record = pending.record(self.steps, after, "interrupt")
         else:
             record = pending.record(self.steps, after)
@@ -201,14 +204,11 @@ class Debugger:
             return record, self._end(status)
         return record, Stop("step", self.pc())
 
-    def _counts(self) -> tuple[int, int]:
-        """(instructions executed, interrupts delivered) over both executors, to tell a step that
-        ran an instruction from one that delivered an interrupt."""
+    def _interrupts(self) -> int:
+        """External interrupts delivered so far, by both executors."""
         m = self.machine
         emu = m._emulator
-        executed = m.stats.emulated_instructions + (m.stats.kvm_exits if m.in_pvm_mode else 0)
-        delivered = (emu.interrupts_delivered if emu is not None else 0) + m.stats.interrupts_injected
-        return executed, delivered
+        return (emu.interrupts_delivered if emu is not None else 0) + m.stats.interrupts_injected
 
     def cont(self) -> Stop:
         """Run at full speed until a breakpoint, a stop condition, ``interrupt()`` or the end."""
