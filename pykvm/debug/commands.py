@@ -102,21 +102,22 @@ def debug(debugger: Debugger, stdin: TextIO, stdout: TextIO) -> int:
 
 
 class SerialLines:
-    """The guest's serial output as lines of their own between a trace's lines: each starts
-    with ``prefix`` (the UART hands over whole lines, and the rest at its flush)."""
+    """The guest's serial output as lines of their own between a trace's lines: each starts with
+    "serial| ". The UART hands over whole lines, and at a stop whatever it has: such a partial
+    line is ended here, and its rest, when it comes, starts with "serial+ "."""
 
-    def __init__(self, stream, prefix: bytes = b"serial| "):
+    def __init__(self, stream):
         self.stream = stream
-        self.prefix = prefix
         self.name = getattr(stream, "name", "<stdout>")
-        self._at_start = True
+        self._prefix = b"serial| "
 
     def __call__(self, data: bytes) -> None:
         out = bytearray()
         for line in data.splitlines(keepends=True):
-            if self._at_start:
-                out += self.prefix
-            out += line
-            self._at_start = line.endswith(b"\n")
+            out += self._prefix + line
+            self._prefix = b"serial| "
+        if out and not out.endswith(b"\n"):
+            out += b"\n"
+            self._prefix = b"serial+ "
         self.stream.write(bytes(out))
         self.stream.flush()

@@ -28,6 +28,8 @@ class DebugShell(cmd.Cmd):
         self.interactive = stdin.isatty() and stdout.isatty()
         super().__init__(stdin=stdin, stdout=stdout)
         self.use_rawinput = self.interactive
+        if not self.interactive:
+            self.prompt = ""              # each command is echoed after the prompt instead
         self.d = debugger
         self.intro = (f"pykvm debugger: {debugger.mode()}, next instruction in "
                       f"{'KVM' if debugger.executor == 'kvm' else 'the emulator'}. 'help' lists the commands.")
@@ -55,7 +57,7 @@ class DebugShell(cmd.Cmd):
 
     def precmd(self, line: str) -> str:
         if not self.interactive and line and line != "EOF":
-            self.say(f"{self.prompt}{line.rstrip()}")
+            self.say(f"{DebugShell.prompt}{line.rstrip()}")
         return line
 
     def onecmd(self, line: str) -> bool:

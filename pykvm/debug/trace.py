@@ -263,6 +263,11 @@ class RunTracer:
 
     # -- the end ------------------------------------------------------------------------------------
     def finish(self) -> None:
+        """End the trace: the exit whose handling ended the run (a write to the debug-exit port
+        raises out of the run loop before its line) gets its line, folded lines their summary."""
+        m = self.machine
+        if m.in_pvm_mode and m.stats.kvm_exits == self._exit_number + 1:
+            self(m.vcpu.kvm_run.exit_reason)
         if self.folder is not None:
             self.folder.flush()
 
