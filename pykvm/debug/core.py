@@ -258,7 +258,7 @@ class Debugger:
         done = 0
         pieces = []
         while done < len(data):
-            phys = translate((linear + done) & mask)
+            phys = translate((linear + done) & mask) if linear <= mask else None
             take = min(len(data) - done, 0x1000 - (phys & 0xFFF)) if phys is not None else 0
             if phys is None or not memory.contains(phys, take):
                 raise DebugError(f"cannot write {len(data)} bytes at {linear:#x}: "

@@ -91,6 +91,8 @@ def read_linear(memory, state: CpuState, linear: int, length: int, translate=Non
     translate = translate or page_walk(memory, state)
     mask = linear_mask(state)
     out = bytearray()
+    if linear > mask:
+        return b""                        # beyond the mode's linear address space
     while len(out) < length:
         phys = translate((linear + len(out)) & mask)
         if phys is None:
