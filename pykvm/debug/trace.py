@@ -102,16 +102,18 @@ def describe_exit(vcpu, reason: int) -> str:
 
 
 class Folder:
-    """Folds repetition out of a stream of (key, line): once the last P keys repeat the P before
-    them (P ≤ ``window``), further repetitions of that period are counted, not written, until
-    the stream leaves the loop; then one line says how many were folded."""
+    """Folds repetition out of a stream of (key, line). When a key equals the one P back
+    (P ≤ ``window``, the smallest such), the lines that follow are held while they repeat the
+    keys P back; once a whole period has repeated, it and every further repetition are counted,
+    not written, until the stream leaves the loop; then one line says how many were folded. So a
+    loop shows its first pass and one line. A repetition that breaks off early is written out."""
 
     def __init__(self, write, window: int = 64):
         self.write = write
-        self.window = window
-        self.keys: deque = deque(maxlen=2 * window)
-        self.runs = [0] * (window + 1)     # runs[p]: how many keys in a row equal the key p earlier
+        self.keys: deque = deque(maxlen=window)
         self.period = 0
+        self.held: list[tuple[str, str]] = []     # (line, text) of a repetition not yet whole
+        self.folding = False
         self.folded = 0
         self.text: list[str] = []
 
@@ -119,37 +121,45 @@ class Folder:
         """``text``: what a folded line contributes to the fold line (a character printed)."""
         keys = self.keys
         if self.period:
-            if len(keys) >= self.period and keys[-self.period] == key:
+            if keys[-self.period] == key:
                 keys.append(key)
-                self.folded += 1
-                self.text.append(text)
+                self._repeat(line, text)
                 return
             self.flush()
-        n = len(keys)
-        runs = self.runs
-        found = 0
-        for p in range(1, min(self.window, n) + 1):
-            if keys[n - p] == key:
-                runs[p] += 1
-                if not found and runs[p] >= p and n >= 2 * p - 1:
-                    found = p
-            else:
-                runs[p] = 0
+        for p in range(1, len(keys) + 1):
+            if keys[-p] == key:
+                self.period = p
+                keys.append(key)
+                self._repeat(line, text)
+                return
         keys.append(key)
         self.write(line)
-        if found:
-            self.period = found
+
+    def _repeat(self, line: str, text: str) -> None:
+        if self.folding:
+            self.folded += 1
+            self.text.append(text)
+            return
+        self.held.append((line, text))
+        if len(self.held) == self.period:         # a whole pass repeated: fold from here on
+            self.folding = True
+            self.folded = len(self.held)
+            self.text = [t for _, t in self.held]
+            self.held = []
 
     def flush(self) -> None:
-        if self.period and self.folded:
+        if self.folding:
             p = self.period
             what = "line" if p == 1 else f"{p} lines"
             printed = "".join(self.text)
             self.write(f"{'':>6} ... the {what} above repeated {self.folded // p} more times "
                        f"({self.folded} lines folded){f', printing {printed!r}' if printed else ''}")
+        for line, _ in self.held:
+            self.write(line)
         self.period = self.folded = 0
+        self.folding = False
+        self.held = []
         self.text = []
-        self.runs = [0] * (self.window + 1)
 
 
 class RunTracer:
