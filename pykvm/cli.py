@@ -239,6 +239,17 @@ def _print_stats(machine) -> None:
           f"emulated / {s.interrupts_injected} injected, {s.seconds:.3f}s", err=True)
 
 
+@contextlib.contextmanager
+def _session(image_options, stats: bool, stdio=None):
+    """``_guest_machine`` for a command with the run options: --stats printed at the end."""
+    with _guest_machine(**image_options, stdio=stdio) as machine:
+        try:
+            yield machine
+        finally:
+            if stats:
+                _print_stats(machine)
+
+
 def _symbols(image):
     from pykvm.debug.symbols import image_symbols
     from pykvm.guests import resolve_image
@@ -277,17 +288,13 @@ def run(verbose, timeout, stats, syntax, trace, trace_exits, gdb, **image_option
         _fail(BadInputError("--gdb and --trace do not go together"))
 
     def body() -> int:
-        with _guest_machine(**image_options) as machine:
-            try:
-                if gdb is not None:
-                    return commands.run_gdb(machine, gdb, timeout, _symbols(image_options["image"]))
-                if trace is not None or trace_exits:
-                    with _open_trace(trace or "-") as out:
-                        return commands.run_traced(machine, timeout, out, not trace_exits, syntax)
-                return machine.run(timeout=timeout)
-            finally:
-                if stats:
-                    _print_stats(machine)
+        with _session(image_options, stats) as machine:
+            if gdb is not None:
+                return commands.run_gdb(machine, gdb, timeout, _symbols(image_options["image"]))
+            if trace is not None or trace_exits:
+                with _open_trace(trace or "-") as out:
+                    return commands.run_traced(machine, timeout, out, not trace_exits, syntax)
+            return machine.run(timeout=timeout)
 
     sys.exit(_guarded(body))
 
@@ -313,16 +320,12 @@ def step(verbose, timeout, stats, syntax, count, regs, every, as_json, breaks, u
     stdio = sys.stderr.buffer if as_json else commands.SerialLines(sys.stdout.buffer)
 
     def body() -> int:
-        with _guest_machine(**image_options, stdio=stdio) as machine:
-            try:
-                d = Debugger(machine, timeout, _symbols(image_options["image"]), syntax)
-                stop_at = d.address(until) if until is not None else None
-                limit = count if count is not None else (None if stop_at is not None else 20)
-                return commands.step(d, _echo, (lambda t: _echo(t, err=True)) if as_json else _echo, limit,
-                                     [d.address(b) for b in breaks], stop_at, as_json, regs, every)
-            finally:
-                if stats:
-                    _print_stats(machine)
+        with _session(image_options, stats, stdio) as machine:
+            d = Debugger(machine, timeout, _symbols(image_options["image"]), syntax)
+            stop_at = d.address(until) if until is not None else None
+            limit = count if count is not None else (None if stop_at is not None else 20)
+            return commands.step(d, _echo, (lambda t: _echo(t, err=True)) if as_json else _echo, limit,
+                                 [d.address(b) for b in breaks], stop_at, as_json, regs, every)
 
     sys.exit(_guarded(body))
 
@@ -341,12 +344,8 @@ def debug(verbose, timeout, stats, syntax, **image_options):
     _setup_logging(verbose)
 
     def body() -> int:
-        with _guest_machine(**image_options, stdio=commands.SerialLines(sys.stdout.buffer)) as machine:
-            try:
-                d = Debugger(machine, timeout, _symbols(image_options["image"]), syntax)
-                return commands.debug(d, sys.stdin, sys.stdout)
-            finally:
-                if stats:
-                    _print_stats(machine)
+        with _session(image_options, stats, commands.SerialLines(sys.stdout.buffer)) as machine:
+            d = Debugger(machine, timeout, _symbols(image_options["image"]), syntax)
+            return commands.debug(d, sys.stdin, sys.stdout)
 
     sys.exit(_guarded(body))

@@ -137,21 +137,11 @@ class Debugger:
         self.machine.set_breakpoints(self.breakpoints)
         return True
 
-    @property
-    def stop_on_mode_change(self) -> bool:
-        return self.machine.stop_on_mode_change
-
-    @stop_on_mode_change.setter
-    def stop_on_mode_change(self, value: bool) -> None:
-        self.machine.stop_on_mode_change = value
-
-    @property
-    def stop_on_conversion(self) -> bool:
-        return self.machine.stop_on_conversion
-
-    @stop_on_conversion.setter
-    def stop_on_conversion(self, value: bool) -> None:
-        self.machine.stop_on_conversion = value
+    def catch(self, event: str, on: bool = True) -> None:
+        """Stop (or not) at every mode change ("mode") or conversion to PVM mode ("conversion")."""
+        if event not in ("mode", "conversion"):
+            raise DebugError(f"cannot stop at {event!r}: only at a mode change or a conversion")
+        setattr(self.machine, "stop_on_mode_change" if event == "mode" else "stop_on_conversion", on)
 
     # -- running --------------------------------------------------------------------------------
     def _check_running(self) -> None:

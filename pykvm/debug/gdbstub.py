@@ -551,7 +551,8 @@ def serve_gdb(debugger: Debugger, server: socket.socket, announce) -> Stop:
     if stop is None or stub.detached:
         for address in list(debugger.breakpoints):
             debugger.remove_breakpoint(address)
-        debugger.stop_on_mode_change = debugger.stop_on_conversion = False
+        debugger.catch("mode", False)
+        debugger.catch("conversion", False)
         stop = debugger.ended or debugger.cont()
         while not stop.exited:            # a stop requested before the detach: run on
             stop = debugger.cont()

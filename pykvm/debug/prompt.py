@@ -121,46 +121,50 @@ class DebugShell(cmd.Cmd):
         return int(arg, 0) if arg else default
 
     # -- commands -----------------------------------------------------------------------------------
-    def do_step(self, arg: str) -> bool:
-        """step [N]: execute N instructions (default 1), showing each."""
+    def _step(self) -> Stop | None:
+        """One step, shown; the stop if the guest ended with it."""
+        record, stop = self.d.step_record()
+        if record is not None:
+            self.say(record.line())
+        return stop if stop.exited else None
+
+    def _repeat(self, arg: str, one) -> bool:
+        """Do ``one()`` N times (or until it returns a stop to report), then show where we are."""
         for _ in range(self._count(arg)):
-            record, stop = self.d.step_record()
-            if record is not None:
-                self.say(record.line())
-            if stop.exited:
+            if (stop := one()) is not None:
                 return self._report(stop)
         self.say(self._where())
         return False
+
+    def do_step(self, arg: str) -> bool:
+        """step [N]: execute N instructions (default 1), showing each."""
+        return self._repeat(arg, self._step)
 
     do_s = do_si = do_stepi = do_step
 
     def do_next(self, arg: str) -> bool:
         """next [N]: like step, but a CALL or INT runs to the instruction after it."""
+        return self._repeat(arg, self._next)
+
+    def _next(self) -> Stop | None:
         d = self.d
-        for _ in range(self._count(arg)):
-            state = d.state()
-            pc = d.pc()
-            decoded = disassemble(d.read_memory(pc, MAX_INSTRUCTION), state.rip, bitness(state), 1)
-            if decoded and decoded[0].text.split(" ")[0] in _CALLS:
-                after = pc + len(decoded[0].code)
-                temporary = after not in d.breakpoints
-                if temporary:
-                    d.add_breakpoint(after)
-                try:
-                    stop = d.cont()
-                finally:
-                    if temporary and d.ended is None:
-                        d.remove_breakpoint(after)
-                if stop.exited or stop.reason != "breakpoint" or stop.address != after or not temporary:
-                    return self._report(stop)
-            else:
-                record, stop = d.step_record()
-                if record is not None:
-                    self.say(record.line())
-                if stop.exited:
-                    return self._report(stop)
-        self.say(self._where())
-        return False
+        state = d.state()
+        pc = d.pc()
+        decoded = disassemble(d.read_memory(pc, MAX_INSTRUCTION), state.rip, bitness(state), 1)
+        if not decoded or decoded[0].text.split(" ")[0] not in _CALLS:
+            return self._step()
+        after = pc + len(decoded[0].code)
+        temporary = after not in d.breakpoints
+        if temporary:
+            d.add_breakpoint(after)
+        try:
+            stop = d.cont()
+        finally:
+            if temporary and d.ended is None:
+                d.remove_breakpoint(after)
+        if stop.exited or stop.reason != "breakpoint" or stop.address != after or not temporary:
+            return stop
+        return None
 
     do_n = do_ni = do_nexti = do_next
 
@@ -275,10 +279,7 @@ class DebugShell(cmd.Cmd):
         if not words or words[0] not in ("mode", "conversion"):
             raise DebugError("catch mode|conversion [off]")
         on = words[1:] != ["off"]
-        if words[0] == "mode":
-            self.d.stop_on_mode_change = on
-        else:
-            self.d.stop_on_conversion = on
+        self.d.catch(words[0], on)
         self.say(f"{'stopping' if on else 'not stopping'} at {'mode changes' if words[0] == 'mode' else 'conversions'}")
         return False
 

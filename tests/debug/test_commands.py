@@ -216,3 +216,21 @@ def test_debug_prompt_reports_errors_and_goes_on():
     assert "error: x/2q: the unit is one of b, h, w, g, i" in out
     assert "unknown command 'frobnicate'" in out
     assert "=> emu 0000:00007c01" in out
+
+
+@pytest.mark.kvm
+def test_debug_next_runs_over_a_call():
+    from click.testing import CliRunner
+
+    from pykvm.cli import main
+
+    script = "break main\ncontinue\ndisas main 20\n"
+    listing = CliRunner().invoke(main, ["debug", "guests/cwork32.c", "--mode", "protected"], input=script).stdout
+    call = re.search(r"0x([0-9a-f]+) <main\+0x[0-9a-f]+>\s+e8 (?:[0-9a-f]{2} ){4}\s*call", listing)
+    assert call, listing
+    after = int(call[1], 16) + 5
+    result = CliRunner().invoke(main, ["debug", "guests/cwork32.c", "--mode", "protected"],
+                                input=f"break 0x{call[1]}\ncontinue\nnext\nquit\n")
+    assert f"=> emu 0008:{after:08x}" in result.stdout
+    assert "serial| cwork32: freestanding C guest" in result.stdout      # what the call printed
+    assert "breakpoint 2" not in result.stdout                           # the temporary one is gone

@@ -98,7 +98,8 @@ def test_steps_cross_every_mode_and_the_conversion():
 def test_stops_at_each_mode_change_and_at_the_conversion():
     with boot_machine() as m:
         d = Debugger(m)
-        d.stop_on_mode_change = d.stop_on_conversion = True
+        d.catch("mode")
+        d.catch("conversion")
         stops = []
         while not (stop := d.cont()).exited:
             stops.append((stop.reason, d.mode(), d.executor))

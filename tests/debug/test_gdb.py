@@ -163,12 +163,18 @@ def test_the_protocol_through_both_executors():
     assert status == 1 and out.startswith("[real]") and "[Long] 64-bit" in out
 
 
-@pytest.mark.kvm
-@pytest.mark.parametrize("mode", ["real", "long"])
-def test_ctrl_c_byte_interrupts_a_running_guest(tmp_path, mode):
+@pytest.fixture
+def spin(tmp_path):
+    """A flat image that spins in place (jmp $), in the emulator or in PVM mode."""
     image = tmp_path / "spin.bin"
     image.write_bytes(b"\xeb\xfe")
-    pykvm = Pykvm("--mode", mode, str(image), timeout=2)
+    return str(image)
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("mode", ["real", "long"])
+def test_ctrl_c_byte_interrupts_a_running_guest(spin, mode):
+    pykvm = Pykvm("--mode", mode, spin, timeout=2)
     c = Client(pykvm.port)
     c.send("c")
     time.sleep(0.3)
@@ -181,12 +187,18 @@ def test_ctrl_c_byte_interrupts_a_running_guest(tmp_path, mode):
     assert status == 10 and "--timeout" in err             # spinning until the timeout
 
 
-@pytest.mark.kvm
-def test_detach_lets_the_guest_run_to_its_end():
+def stopped_at(address: int) -> tuple[Pykvm, Client]:
+    """A pykvm with gdb's side connected, stopped at a breakpoint at ``address``."""
     pykvm = Pykvm()
     c = Client(pykvm.port)
-    assert c.ask(f"Z0,{symbols()['protected_start']:x},1") == "OK"
+    assert c.ask(f"Z0,{address:x},1") == "OK"
     assert c.ask("c").startswith("T05")
+    return pykvm, c
+
+
+@pytest.mark.kvm
+def test_detach_lets_the_guest_run_to_its_end():
+    pykvm, c = stopped_at(symbols()["protected_start"])
     assert c.ask("D") == "OK"
     status, out, _ = pykvm.finish()
     assert status == 1 and out.count("\n") == 3
@@ -231,10 +243,8 @@ def test_gdb_breaks_steps_and_reads_registers_in_both_executors_then_the_guest_e
 @pytest.mark.kvm
 @pytest.mark.skipif(not HAVE_GDB, reason="gdb not installed (Debian: apt-get install gdb)")
 @pytest.mark.parametrize("mode", ["real", "long"])
-def test_gdb_ctrl_c_interrupts_the_guest(tmp_path, mode):
-    image = tmp_path / "spin.bin"
-    image.write_bytes(b"\xeb\xfe")
-    pykvm = Pykvm("--mode", mode, str(image))
+def test_gdb_ctrl_c_interrupts_the_guest(spin, mode):
+    pykvm = Pykvm("--mode", mode, spin)
     proc = subprocess.Popen(["gdb", "-batch", "-nx", "-ex", f"target remote :{pykvm.port}", "-ex", "continue",
                              "-ex", "info registers rip", "-ex", "kill"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -248,10 +258,7 @@ def test_gdb_ctrl_c_interrupts_the_guest(tmp_path, mode):
 
 @pytest.mark.kvm
 def test_an_error_that_ends_the_run_reaches_gdb_and_the_exit_status():
-    pykvm = Pykvm()
-    c = Client(pykvm.port)
-    assert c.ask(f"Z0,{symbols()['protected_start'] + 4:x},1") == "OK"
-    assert c.ask("c").startswith("T05")
+    pykvm, c = stopped_at(symbols()["protected_start"] + 4)
     assert c.ask("P0=efbe000000000000") == "OK"             # AX = 0xbeef: MOV DS, AX faults
     c.send("c")
     assert bytes.fromhex(c.reply()[1:]).decode().startswith("pykvm: triple fault at rip=0x7c44")
