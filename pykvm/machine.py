@@ -141,7 +141,9 @@ class Machine:
         self.stop_on_conversion = False
         self.breakpoints: tuple[int, ...] = ()     # linear addresses (set_breakpoints)
         self._hw_breakpoints: tuple[int, ...] = ()  # the ones in DR0-DR3 for KVM
-        self._halted_rflags = None     # a HLT sleep a debugger stop cut short: resumed by run()
+        # RFLAGS of a vCPU KVM has taken past a HLT that still sleeps (a step onto HLT, or a sleep
+        # a debugger's stop cut short): the next run() or step() sleeps first.
+        self._halted_rflags = None
         # Called after each KVM exit with its reason (I/O and MMIO once handled), and with
         # the state before/after each emulated instruction (then the emulator runs one at a
         # time); -vv logs the exits through the first.
@@ -322,7 +324,7 @@ class Machine:
         until the interrupt controller raises INTR (a timer, a device), or the run is stopped.
 
         The sleep is a ``select`` until the next timer deadline: an idle guest costs next to no
-        CPU. Stepping never sleeps: the step just ends at the halted vCPU.
+        CPU. A step onto HLT ends at the halted vCPU; the next step sleeps (``_sleep_in_halt``).
         """
         if not rflags & FLAG_IF:
             log.info("guest halted with interrupts off (%s)", where)

@@ -156,6 +156,14 @@ class Debugger:
         self.ended = Stop("exited", status=status if error is None else error.exit_code, error=error)
         return self.ended
 
+    def _timed(self, run):
+        """``run(timeout=...)`` (Machine.run or step) with what is left of --timeout, counted."""
+        started = time.monotonic()
+        try:
+            return run(timeout=self._remaining())
+        finally:
+            self.run_seconds += time.monotonic() - started
+
     def _remaining(self) -> float | None:
         if self.timeout is None:
             return None
@@ -177,7 +185,7 @@ class Debugger:
         delivered = self._interrupts()
         try:
             m.platform.poll()             # timers keep time while stepping, as when running
-            status = m.step(self._remaining())
+            status = self._timed(m.step)
         except PykvmError as e:
             return None, self._end(None, e)
         if m.debug_stop is not None:      # asked to stop while the vCPU slept in HLT: nothing ran
@@ -194,6 +202,13 @@ class Debugger:
             return record, self._end(status)
         return record, Stop("step", self.pc())
 
+    def fpu(self):
+        """(``struct kvm_fpu`` of the vCPU, (FCW, FSW) where the emulator keeps its own or None)."""
+        m = self.machine
+        emu = m._emulator
+        control = None if m.in_pvm_mode or emu is None else (emu.fpu_cw, emu.fpu_sw)
+        return m.vcpu.get_fpu(), control
+
     def _interrupts(self) -> int:
         """External interrupts delivered so far, by both executors."""
         m = self.machine
@@ -207,13 +222,9 @@ class Debugger:
         try:
             if self.pc() in self.breakpoints:
                 stop = self.step()            # off the breakpoint we stand on
-                if stop.exited:
+                if stop.reason != "step":
                     return stop
-            started = time.monotonic()
-            try:
-                status = m.run(timeout=self._remaining())
-            finally:
-                self.run_seconds += time.monotonic() - started
+            status = self._timed(m.run)
         except PykvmError as e:
             return self._end(None, e)
         if status is not None:

@@ -202,7 +202,6 @@ class Connection:
         self.sock = sock
         self.buffer = bytearray()
         self.ack = True
-        self.interrupted = False
 
     def _fill(self) -> None:
         data = self.sock.recv(4096)
@@ -211,14 +210,12 @@ class Connection:
         self.buffer += data
 
     def take_interrupts(self) -> None:
-        """Drop 0x03 bytes (and stray acks) waiting before the next packet, noting a Ctrl-C."""
+        """Drop 0x03 bytes (a Ctrl-C that came as the guest stopped anyway) and stray acks."""
         while self.buffer and self.buffer[0] in b"\x03+-":
-            if self.buffer[0] == 3:
-                self.interrupted = True
             del self.buffer[0]
 
     def read_packet(self) -> str:
-        """The next packet's payload (Ctrl-C bytes before it set ``interrupted``)."""
+        """The next packet's payload."""
         while True:
             self.take_interrupts()
             start = self.buffer.find(b"$")
@@ -250,9 +247,7 @@ class Connection:
                     self._fill()
                 b = self.buffer[0]
                 del self.buffer[0]
-                if b == 3:
-                    self.interrupted = True
-                elif b in b"+-":
+                if b in b"+-":
                     break
             if b == ord("+"):
                 return
@@ -337,18 +332,17 @@ class GdbStub:
         except DebugError as e:
             log.warning("gdb: %s", e)
             return "E22"
+        except (ValueError, IndexError):
+            log.warning("gdb: malformed packet %r", packet[:64])
+            return "E01"
         return ""
 
     # -- running ------------------------------------------------------------------------------------
     def _resume(self, action: str) -> str | None:
         d = self.debugger
-        if action == "s":
-            stop = d.step()
-        else:
-            self.conn.interrupted = False
-            with CtrlCWatcher(self.conn, d):
-                stop = d.cont()
-            self.conn.take_interrupts()
+        with CtrlCWatcher(self.conn, d):   # a step too may sleep in HLT
+            stop = d.step() if action == "s" else d.cont()
+        self.conn.take_interrupts()
         self.last = stop
         return self._stop_reply(stop)
 
@@ -384,13 +378,8 @@ class GdbStub:
         return encode_registers(self._values())
 
     def _values(self) -> list[int]:
-        d = self.debugger
-        m = d.machine
-        state = d.state()
-        fpu = m.vcpu.get_fpu()
-        emu = m._emulator
-        control = None if m.in_pvm_mode or emu is None else (emu.fpu_cw, emu.fpu_sw)
-        return register_values(state, fpu, control)
+        fpu, control = self.debugger.fpu()
+        return register_values(self.debugger.state(), fpu, control)
 
     def _write_registers(self, packet: str) -> str:
         new = decode_registers(packet[1:])
