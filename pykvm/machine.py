@@ -136,7 +136,7 @@ class Machine:
         self._last_mode = None     # for -v: the mode last logged
         self.image = None
         # -- debugging (pykvm.debug): all off unless a debugger sets them
-        self.debug_stop: DebugStop | None = None   # why the last run() returned None
+        self.debug_stop: DebugStop | None = None   # why run() returned None (until take_stop())
         self.stop_on_mode_change = False
         self.stop_on_conversion = False
         self.breakpoints: tuple[int, ...] = ()     # linear addresses (set_breakpoints)
@@ -243,8 +243,7 @@ class Machine:
         if self.state is None:
             raise HostError("nothing loaded: call load() or set_state() first")
         started = time.perf_counter()
-        self.events.pending = False
-        self.debug_stop = None
+        self.events.pending = self.debug_stop is not None   # a stop asked for already: at once
         self._set_single_step(False)
         if self.stop_on_mode_change:
             self._last_mode = describe_mode(self.current_state())   # the mode changes from this one
@@ -299,9 +298,10 @@ class Machine:
         return self.debug_stop is not None
 
     def request_stop(self, stop: DebugStop) -> None:
-        """Make ``run()`` return None at the next instruction boundary, with ``debug_stop`` saying
-        why. Callable from another thread (a gdb connection's Ctrl-C): KVM_RUN then comes back
-        at the watchdog's next tick (``RunControl.TICK``), a HLT sleep at once."""
+        """Make ``run()`` return None at the next instruction boundary (at once if it has not
+        started yet), with ``debug_stop`` saying why, until ``take_stop()``. Callable from another
+        thread (a gdb connection's Ctrl-C): KVM_RUN then comes back at the watchdog's next tick
+        (``RunControl.TICK``), a HLT sleep at once."""
         if self.debug_stop is None:
             self.debug_stop = stop
         self.events.pending = True
@@ -310,6 +310,13 @@ class Machine:
         control = self._control
         if control is not None:
             control.wake()
+
+    def take_stop(self) -> DebugStop | None:
+        """The stop that ended the last run() or step() (None if none), which is then forgotten."""
+        stop, self.debug_stop = self.debug_stop, None
+        self.events.pending = False
+        self.vcpu.immediate_exit = False
+        return stop
 
     def _count_interrupts(self) -> None:
         stats = self.stats
@@ -585,7 +592,8 @@ class Machine:
         deliver the interrupt one is pending for (then the vCPU is at the handler's first
         instruction and none ran). A vCPU halted by a step onto HLT (IF = 1) first sleeps until
         an interrupt wakes it, as in ``run`` (``timeout``, Ctrl-C and ``request_stop`` end the
-        sleep; after a stop request nothing ran and ``debug_stop`` says why).
+        sleep; after a stop request nothing ran and ``debug_stop`` says why, as it does when one
+        was asked for before the step).
 
         Returns the exit status if the guest ended with that instruction (halt with
         interrupts off, debug-exit write), else None.
@@ -593,7 +601,8 @@ class Machine:
         self._check_open()
         if self.state is None:
             raise HostError("nothing loaded: call load() or set_state() first")
-        self.debug_stop = None
+        if self.debug_stop is not None:
+            return None                   # a stop was asked for: nothing runs until take_stop()
         if self._halted_rflags is not None or (not self.in_pvm_mode and self.state.halted):
             status = self._sleep_in_halt(timeout)
             if status is not None or self.debug_stop is not None:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from pykvm.debug.disasm import linear_mask, page_walk, pc_linear, read_linear
-from pykvm.debug.trace import InstructionRecord, Pending
+from pykvm.debug.trace import InstructionRecord, Pending, snapshot
 from pykvm.errors import BadInputError, GuestTimeoutError, PykvmError
 from pykvm.machine import HW_BREAKPOINTS, DebugStop, Machine, describe_mode
 from pykvm.x86.state import GPR_NAMES, SEGMENT_NAMES, CpuState
@@ -188,9 +188,10 @@ class Debugger:
             status = self._timed(m.step)
         except PykvmError as e:
             return None, self._end(None, e)
-        if m.debug_stop is not None:      # asked to stop while the vCPU slept in HLT: nothing ran
-            return None, Stop(m.debug_stop.reason, self.pc())
         after = self.state()
+        stop = m.take_stop()              # asked to stop (Ctrl-C in gdb) during the step
+        if stop is not None and pc_linear(after) == pending.linear and snapshot(after) == pending.regs:
+            return None, Stop(stop.reason, pending.linear)    # nothing ran (asleep in HLT)
         if self._interrupts() > delivered:
             # The step delivered an external interrupt and stopped at the handler's first
             # instruction: nothing ran (the emulator's way, and PVM's, measured).
@@ -229,7 +230,7 @@ class Debugger:
             return self._end(None, e)
         if status is not None:
             return self._end(status)
-        stop = m.debug_stop or DebugStop("interrupt")
+        stop = m.take_stop() or DebugStop("interrupt")
         return Stop(stop.reason, stop.address if stop.address is not None else self.pc())
 
     def interrupt(self) -> None:

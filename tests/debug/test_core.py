@@ -229,3 +229,16 @@ def test_kvm_steps_take_an_interrupt_one_instruction_after_sti():
             if stop.exited:
                 break
         assert reports.values == [1, 1] and events == 2
+
+
+@pytest.mark.kvm
+def test_an_interrupt_asked_for_before_continue_stops_it_at_once_and_only_once():
+    with boot_machine() as m:
+        d = Debugger(m, timeout=20)
+        d.interrupt()                               # gdb's Ctrl-C just as it resumes
+        assert d.cont().reason == "interrupt" and d.pc() == 0x7C00
+        d.add_breakpoint(symbols()["protected_start"])
+        assert d.cont().reason == "breakpoint"      # consumed: the next one runs
+        d.interrupt()
+        assert d.step().reason == "interrupt" and d.pc() == symbols()["protected_start"]
+        assert d.step().reason == "step" and d.pc() == symbols()["protected_start"] + 4
