@@ -288,6 +288,10 @@ def run(verbose, timeout, stats, syntax, trace, trace_exits, gdb, **image_option
         _fail(BadInputError("--gdb and --trace do not go together"))
 
     def body() -> int:
+        if gdb is not None:
+            from pykvm.debug.gdbstub import parse_listen
+
+            parse_listen(gdb)               # a bad --gdb before anything is loaded
         with _session(image_options, stats) as machine:
             if gdb is not None:
                 return commands.run_gdb(machine, gdb, timeout, _symbols(image_options["image"]))
