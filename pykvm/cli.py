@@ -18,7 +18,6 @@ from pathlib import Path
 import click
 
 from pykvm import pvm
-from pykvm.x86.state import CS
 from pykvm.errors import (INTERNAL_BUG_EXIT, BadInputError, InterruptedByUser, PykvmError, output_error,
                           signal_error)
 from pykvm.loaders import FORMATS
@@ -189,12 +188,12 @@ def _image_options(f):
     return f
 
 
-def _open_serial(serial: str):
-    """The serial output: stdout, or the file ``serial``, opened without waiting (a FIFO nobody
-    reads yet is refused rather than blocking pykvm before the run) and unbuffered (the UART
-    flushes whole lines, and nothing is left buffered to fail at close)."""
+def _open_serial(serial: str, stdio=None):
+    """The serial output: stdout (or ``stdio`` in its place), or the file ``serial``, opened without
+    waiting (a FIFO nobody reads yet is refused rather than blocking pykvm before the run) and
+    unbuffered (the UART flushes whole lines, and nothing is left buffered to fail at close)."""
     if serial == "stdio":
-        return sys.stdout.buffer, False
+        return (sys.stdout.buffer if stdio is None else stdio), False
     try:
         out = open(serial, "wb", buffering=0, opener=lambda path, flags: os.open(path, flags | os.O_NONBLOCK, 0o666))
     except OSError as e:
@@ -222,9 +221,10 @@ def _read_modules(specs, limit: int) -> list:
 
 @contextlib.contextmanager
 def _guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, modules, bios, serial, emulator,
-                   emul_batch, device, testdev):
+                   emul_batch, device, testdev, stdio=None):
     """A Machine with IMAGE loaded as the image options say (or the ``--bios`` firmware at the
-    reset vector); closes it and the serial file after."""
+    reset vector); closes it and the serial file after. ``stdio``: where ``--serial stdio`` goes
+    instead of stdout (a debugger keeps it apart)."""
     from pykvm.guests import read_image, resolve
     from pykvm.machine import Machine
 
@@ -250,7 +250,7 @@ def _guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, modules, bi
         if image is None and mode is None:
             mode = "real"
     module_list = _read_modules(modules, memory_size)
-    serial_out, close_serial = _open_serial(serial)
+    serial_out, close_serial = _open_serial(serial, stdio)
     try:
         with Machine(memory_size, serial_output=serial_out, emulator=emulator, emul_batch=emul_batch,
                      kvm_path=device, testdev=bool(testdev), bios=rom) as machine:
@@ -263,64 +263,138 @@ def _guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, modules, bi
             serial_out.close()
 
 
+def _run_options(f):
+    """The options of a run, shared by run, step and debug."""
+    options = [
+        click.option("--timeout", type=Seconds(), default=None,
+                     help="Stop the guest after this many seconds (exit status 10)."),
+        click.option("--stats", is_flag=True, help="Print run statistics to stderr at the end."),
+        click.option("--syntax", type=click.Choice(["intel", "att"]), default="intel", show_default=True,
+                     help="Disassembly syntax."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _print_stats(machine) -> None:
+    s = machine.stats
+    _echo(f"pykvm: {s.emulated_instructions} instructions emulated, {s.kvm_exits} KVM "
+          f"exits, {s.conversions} conversions to PVM mode, interrupts {s.interrupts_emulated} "
+          f"emulated / {s.interrupts_injected} injected, {s.seconds:.3f}s", err=True)
+
+
+@contextlib.contextmanager
+def _session(image_options, stats: bool, stdio=None):
+    """``_guest_machine`` for a command with the run options: --stats printed at the end."""
+    with _guest_machine(**image_options, stdio=stdio) as machine:
+        try:
+            yield machine
+        finally:
+            if stats:
+                _print_stats(machine)
+
+
+def _symbols(image):
+    from pykvm.debug.symbols import image_symbols
+    from pykvm.guests import resolve_image
+
+    return image_symbols(resolve_image(image))
+
+
+def _open_trace(trace: str):
+    """``--trace``: stderr (the guest's serial output keeps stdout), or ``--trace=FILE``."""
+    if trace == "-":
+        return contextlib.nullcontext(sys.stderr)
+    try:
+        return open(trace, "w")
+    except OSError as e:
+        raise BadInputError(f"--trace={trace}: {e.strerror}") from None
+
+
 @main.command()
 @_image_options
-@click.option("--timeout", type=Seconds(), default=None,
-              help="Stop the guest after this many seconds (exit status 10).")
-@click.option("--stats", is_flag=True, help="Print run statistics to stderr at the end.")
-def run(verbose, timeout, stats, **image_options):
+@_run_options
+@click.option("--trace", is_flag=False, flag_value="-", default=None, metavar="[=FILE]",
+              help="Trace the run on stderr (or FILE): each emulated instruction, each KVM exit, a summary.")
+@click.option("--trace-exits", is_flag=True, help="Trace only the KVM exits (the emulator runs at full speed).")
+@click.option("--gdb", "gdb", metavar="tcp::PORT", default=None,
+              help="Wait for gdb (target remote :PORT) before the first instruction; serve it.")
+def run(verbose, timeout, stats, syntax, trace, trace_exits, gdb, **image_options):
     """Run IMAGE (default: the built-in boot16to64 guest) until it exits.
 
     IMAGE may be a flat binary, a boot sector, an ELF or a multiboot kernel, or a
     guest source in guests/ (built first).
     """
+    from pykvm.debug import commands
+
     _setup_logging(verbose)
+    if gdb is not None and (trace is not None or trace_exits):
+        _fail(BadInputError("--gdb and --trace do not go together"))
 
     def body() -> int:
-        with _guest_machine(**image_options) as machine:
-            try:
-                return machine.run(timeout=timeout)
-            finally:
-                if stats:
-                    s = machine.stats
-                    _echo(f"pykvm: {s.emulated_instructions} instructions emulated, {s.kvm_exits} KVM "
-                          f"exits, {s.conversions} conversions to PVM mode, interrupts {s.interrupts_emulated} "
-                          f"emulated / {s.interrupts_injected} injected, {s.seconds:.3f}s", err=True)
+        if gdb is not None:
+            from pykvm.debug.gdbstub import parse_listen
+
+            parse_listen(gdb)               # a bad --gdb before anything is loaded
+        with _session(image_options, stats) as machine:
+            if gdb is not None:
+                return commands.run_gdb(machine, gdb, timeout, _symbols(image_options["image"]))
+            if trace is not None or trace_exits:
+                with _open_trace(trace or "-") as out:
+                    return commands.run_traced(machine, timeout, out, not trace_exits, syntax)
+            return machine.run(timeout=timeout)
 
     sys.exit(_guarded(body))
 
 
 @main.command()
 @_image_options
-@click.option("-n", "--count", type=click.IntRange(1), default=20, show_default=True,
-              help="Instructions to execute.")
+@_run_options
+@click.option("-n", "--count", type=click.IntRange(1), default=None,
+              help="Instructions to execute (default 20, or no limit with --until).")
 @click.option("--regs/--no-regs", default=True, show_default=True, help="Dump the registers at the end.")
 @click.option("--every", is_flag=True, help="Dump the registers after every instruction.")
-def step(verbose, count, regs, every, **image_options):
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per instruction on stdout (the serial output goes to stderr).")
+@click.option("--break", "breaks", multiple=True, metavar="ADDR",
+              help="Run at full speed to ADDR (0x..., SEG:OFF in real mode, a symbol), then step. Repeatable.")
+@click.option("--until", metavar="ADDR", default=None, help="Stop stepping when the next instruction is at ADDR.")
+def step(verbose, timeout, stats, syntax, count, regs, every, as_json, breaks, until, **image_options):
     """Execute IMAGE one instruction at a time, printing each (emulated or KVM single-step)."""
-    from pykvm.debug.disasm import disassemble_at
-    from pykvm.debug.dump import format_registers
-    from pykvm.machine import describe_mode
+    from pykvm.debug import commands
+    from pykvm.debug.core import Debugger
+
+    _setup_logging(verbose)
+    stdio = sys.stderr.buffer if as_json else commands.SerialLines(sys.stdout.buffer)
+
+    def body() -> int:
+        with _session(image_options, stats, stdio) as machine:
+            d = Debugger(machine, timeout, _symbols(image_options["image"]), syntax)
+            stop_at = d.address(until) if until is not None else None
+            limit = count if count is not None else (None if stop_at is not None else 20)
+            return commands.step(d, _echo, (lambda t: _echo(t, err=True)) if as_json else _echo, limit,
+                                 [d.address(b) for b in breaks], stop_at, as_json, regs, every)
+
+    sys.exit(_guarded(body))
+
+
+@main.command()
+@_image_options
+@_run_options
+def debug(verbose, timeout, stats, syntax, **image_options):
+    """Debug IMAGE at a prompt: step, next, continue, break, delete, regs, sregs, x, disas, mode.
+
+    Commands are read from stdin when it is not a terminal (one per line, echoed).
+    """
+    from pykvm.debug import commands
+    from pykvm.debug.core import Debugger
 
     _setup_logging(verbose)
 
     def body() -> int:
-        with _guest_machine(**image_options) as machine:
-            for n in range(count):
-                state = machine.current_state()
-                in_kvm = machine.next_instruction_in_kvm
-                decoded = disassemble_at(machine.physical, state, 1)
-                text = f"{decoded[0].code.hex(' '):<24} {decoded[0].text}" if decoded else "<no code>"
-                _echo(f"{n:>6} {'kvm' if in_kvm else 'emu'} {describe_mode(state):<28} "
-                      f"{state.seg[CS].selector:04x}:{state.rip:08x}  {text}")
-                result = machine.step()
-                if every:
-                    _echo(format_registers(machine.current_state()))
-                if result is not None:
-                    _echo(f"guest ended with status {result}")
-                    return result
-            if regs and not every:
-                _echo(format_registers(machine.current_state()))
-            return 0
+        with _session(image_options, stats, commands.SerialLines(sys.stdout.buffer)) as machine:
+            d = Debugger(machine, timeout, _symbols(image_options["image"]), syntax)
+            return commands.debug(d, sys.stdin, sys.stdout)
 
     sys.exit(_guarded(body))

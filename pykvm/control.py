@@ -20,6 +20,7 @@ threads (``wake()``) end the sleep at once, and an idle guest costs next to no C
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import signal
@@ -136,11 +137,18 @@ class RunControl:
             pass
 
     def wake(self) -> None:
-        """End a ``sleep_until`` from another thread (a device with new input)."""
+        """End a ``sleep_until`` from another thread (a device with new input, a debugger).
+        Outside the run (the pipe not open yet, or closed already) there is nothing to wake."""
+        fd = self._wake_w
+        if fd < 0:
+            return
         try:
-            os.write(self._wake_w, b"\0")
+            os.write(fd, b"\0")
         except BlockingIOError:
             pass                     # already full: the sleeper wakes anyway
+        except OSError as e:
+            if e.errno != errno.EBADF:   # closed as the run ended
+                raise
 
     # -- install / restore ------------------------------------------------------------------------
     def __enter__(self) -> "RunControl":

@@ -46,6 +46,8 @@ EMULATORS = ("userspace", "kernel")
 _EXIT_IO, _EXIT_HLT, _EXIT_MMIO, _EXIT_INTR = ExitReason.IO, ExitReason.HLT, ExitReason.MMIO, ExitReason.INTR
 _EXIT_DEBUG, _EXIT_IRQ_WINDOW = ExitReason.DEBUG, ExitReason.IRQ_WINDOW_OPEN
 STEPPED = -1  # _run_kvm's answer when a single step completed (statuses are >= 0)
+HW_BREAKPOINTS = 4  # DR0-DR3: what KVM_SET_GUEST_DEBUG offers in PVM mode (software INT3 fails there)
+_DR6_HITS = 0xF     # DR6.B0-B3: which hardware breakpoint a debug exit reports
 # Single steps spent on one interrupt the guest holds off (IF = 0) before falling back to
 # PVM's late interrupt-window exit (see Machine._hold_off).
 WINDOW_STEP_BUDGET = 1000
@@ -56,13 +58,17 @@ FEW_INSTRUCTIONS = 64
 
 def describe_mode(state: CpuState) -> str:
     """A short name for the vCPU's operating mode, for logs and the debugger."""
-    if state.efer & EFER_LMA:
-        cs = state.seg[CS]
-        return "long mode (64-bit)" if cs.l else f"long mode (compat {'32' if cs.db else '16'}-bit)"
-    if not state.cr0 & CR0_PE:
+    cs = state.seg[CS]
+    return mode_name(state.cr0, state.efer, cs.l, cs.db)
+
+
+def mode_name(cr0: int, efer: int, cs_l: int, cs_db: int) -> str:
+    """``describe_mode`` from the four values it looks at (e.g. KVM's sync sregs at an exit)."""
+    if efer & EFER_LMA:
+        return "long mode (64-bit)" if cs_l else f"long mode (compat {'32' if cs_db else '16'}-bit)"
+    if not cr0 & CR0_PE:
         return "real mode"
-    bits = "32" if state.seg[CS].db else "16"
-    return f"protected mode ({bits}-bit{', paging' if state.cr0 & CR0_PG else ''})"
+    return f"protected mode ({'32' if cs_db else '16'}-bit{', paging' if cr0 & CR0_PG else ''})"
 
 
 @dataclass
@@ -74,6 +80,19 @@ class RunStats:
     interrupts_emulated: int = 0    # external interrupts the emulator delivered
     interrupts_injected: int = 0    # ... and KVM_INTERRUPT injected
     seconds: float = 0.0
+    emulator_seconds: float = 0.0   # of which in the emulator ...
+    kvm_seconds: float = 0.0        # ... under KVM (KVM_RUN with the exits handled inline) ...
+    halted_seconds: float = 0.0     # ... and asleep in HLT
+
+
+@dataclass(frozen=True)
+class DebugStop:
+    """Why ``Machine.run`` returned None: a debugger's breakpoint ("breakpoint", at linear
+    ``address``), a mode change ("mode"), a conversion to PVM mode ("conversion"), or a request
+    from outside ("interrupt", e.g. Ctrl-C in gdb)."""
+
+    reason: str
+    address: int | None = None
 
 
 class Machine:
@@ -137,6 +156,21 @@ class Machine:
         self._in_step = False
         self._last_mode = None     # for -v: the mode last logged
         self.image = None
+        # -- debugging (pykvm.debug): all off unless a debugger sets them
+        self.debug_stop: DebugStop | None = None   # why run() returned None (until take_stop())
+        self.stop_on_mode_change = False
+        self.stop_on_conversion = False
+        self.breakpoints: tuple[int, ...] = ()     # linear addresses (set_breakpoints)
+        self._hw_breakpoints: tuple[int, ...] = ()  # the ones in DR0-DR3 for KVM
+        # RFLAGS of a vCPU KVM has taken past a HLT that still sleeps (a step onto HLT, or a sleep
+        # a debugger's stop cut short): the next run() or step() sleeps first.
+        self._halted_rflags = None
+        # Called after each KVM exit with its reason (I/O and MMIO once handled), and with
+        # the state before/after each emulated instruction (then the emulator runs one at a
+        # time); -vv logs the exits through the first.
+        self.exit_tracer = None
+        self.instruction_tracer = None
+        self._mode_observer = None
         if log.isEnabledFor(logging.INFO):
             log.info("memory map:")
             for line in self.memory_map.describe():
@@ -225,6 +259,9 @@ class Machine:
             emulator.intr_pending = self.platform.intr
             emulator.events = self.events
             emulator.msr_backend = MsrBackend(self.vcpu)
+            emulator.breakpoint_observer = self._emulator_breakpoint
+            if self.breakpoints:
+                emulator.set_breakpoints(self.breakpoints)
         return self._emulator
 
     def _intr_changed(self, level: bool) -> None:
@@ -242,11 +279,17 @@ class Machine:
             self.stats.conversions += 1
             log.info("converted to PVM mode after %d emulated instructions: %s, rip=%#x",
                      self.stats.emulated_instructions, describe_mode(self.state), self.state.rip)
+            if self.stop_on_conversion and not self._in_step:
+                self.request_stop(DebugStop("conversion"))
         store_state(self.vcpu, self.state)
         # Stale from before the emulator ran: inject only after KVM has said it can take one.
         self.vcpu.kvm_run.ready_for_interrupt_injection = 0
         self._sync_valid = False
         self.in_pvm_mode = True
+        if len(self.breakpoints) > HW_BREAKPOINTS:
+            log.warning("PVM mode has %d hardware breakpoints and software ones are not possible "
+                        "(KVM_GUESTDBG_USE_SW_BP ends in a KVM internal error here): only %s are armed",
+                        HW_BREAKPOINTS, ", ".join(f"{a:#x}" for a in self._hw_breakpoints))
 
     def _leave_kvm(self) -> None:
         """Take the vCPU back from KVM for the userspace emulator (state from the sync-regs area)."""
@@ -259,6 +302,7 @@ class Machine:
             self._emulator.state = self.state
             self._emulator.invalidate_code_cache()
         log.info("back in non-PVM mode: %s, rip=%#x", describe_mode(self.state), self.state.rip)
+        self._observe_mode(self.state, 0)
 
     def _kvm_in_non_pvm_mode(self) -> bool:
         """PVM's rule applied to the state KVM left in the sync-regs area at this exit (CPL = SS.DPL)."""
@@ -275,9 +319,12 @@ class Machine:
         if self.state is None:
             raise HostError("nothing loaded: call load() or set_state() first")
         started = time.perf_counter()
-        self.events.pending = False
-        if self._single_stepping and self.in_pvm_mode:
-            self._set_single_step(False)
+        self.events.pending = self.debug_stop is not None   # a stop asked for already: at once
+        self._set_single_step(False)
+        if self.stop_on_mode_change:
+            self._last_mode = describe_mode(self.current_state())   # the mode changes from this one
+        self._mode_observer = (self._observe_mode if self.stop_on_mode_change or log.isEnabledFor(logging.INFO)
+                               else None)
         platform = self.platform
         control = self._control = RunControl(self.events, [self.vcpu], timeout)
         armed = None
@@ -285,9 +332,15 @@ class Machine:
             self.serial.write_section = control.writing_output
             with control:
                 try:
+                    if self._halted_rflags is not None:
+                        rflags, self._halted_rflags = self._halted_rflags, None
+                        status = self._halted(rflags, "KVM")
+                        if status is not None or self.debug_stop is not None:
+                            return status
+                        self._ready_after_hlt()
                     while True:
-                        if self.events.pending:
-                            self._handle_events()
+                        if self.events.pending and self._handle_events():
+                            return None
                         platform.poll()
                         deadline = platform.next_deadline_ns()
                         if deadline != armed:
@@ -326,11 +379,34 @@ class Machine:
         error.args = (f"{error.args[0]}; this flat image was entered in {image.mode} mode (--mode {image.mode}) "
                       f"and failed at once: if its code is for another mode, run it with {others}",)
 
-    def _handle_events(self) -> None:
-        """A stop request (Ctrl-C, --timeout) ends the run; anything else was a timer kick."""
+    def _handle_events(self) -> bool:
+        """A stop request (Ctrl-C, --timeout) ends the run; a debugger's stop returns True;
+        anything else was a timer kick."""
         self._control.raise_if_stopped()
         self.events.pending = False
         self.vcpu.immediate_exit = False
+        return self.debug_stop is not None
+
+    def request_stop(self, stop: DebugStop) -> None:
+        """Make ``run()`` return None at the next instruction boundary (at once if it has not
+        started yet), with ``debug_stop`` saying why, until ``take_stop()``. Callable from another
+        thread (a gdb connection's Ctrl-C): KVM_RUN then comes back at the watchdog's next tick
+        (``RunControl.TICK``), a HLT sleep at once."""
+        if self.debug_stop is None:
+            self.debug_stop = stop
+        self.events.pending = True
+        if self.vcpu.fd >= 0:
+            self.vcpu.immediate_exit = True
+        control = self._control
+        if control is not None:
+            control.wake()
+
+    def take_stop(self) -> DebugStop | None:
+        """The stop that ended the last run() or step() (None if none), which is then forgotten."""
+        stop, self.debug_stop = self.debug_stop, None
+        self.events.pending = False
+        self.vcpu.immediate_exit = False
+        return stop
 
     def _count_interrupts(self) -> None:
         stats = self.stats
@@ -345,7 +421,7 @@ class Machine:
         until the interrupt controller raises INTR (a timer, a device), or the run is stopped.
 
         The sleep is a ``select`` until the next timer deadline: an idle guest costs next to no
-        CPU. Stepping never sleeps: the step just ends at the halted vCPU.
+        CPU. A step onto HLT ends at the halted vCPU; the next step sleeps (``_sleep_in_halt``).
         """
         if not rflags & FLAG_IF:
             log.info("guest halted with interrupts off (%s)", where)
@@ -353,21 +429,33 @@ class Machine:
         if self._in_step or self._control is None:
             return None
         platform = self.platform
-        while not platform.intr:
-            if self.events.pending:
-                self._handle_events()
-            self._control.sleep_until(platform.next_deadline_ns())
-            platform.poll()
-        return None
+        started = time.perf_counter()
+        try:
+            while not platform.intr:
+                if self.events.pending and self._handle_events():
+                    if self.in_pvm_mode:
+                        self._halted_rflags = rflags     # KVM is past the HLT: sleep on when resumed
+                    return None
+                self._control.sleep_until(platform.next_deadline_ns())
+                platform.poll()
+            return None
+        finally:
+            self.stats.halted_seconds += time.perf_counter() - started
 
     def _run_emulator(self) -> int | None:
         emulator = self.emulator
-        observer = self._observe_mode if log.isEnabledFor(logging.INFO) else None
+        tracer = self.instruction_tracer
+        before = tracer.before(self) if tracer is not None else None
+        started = time.perf_counter()
         try:
-            outcome, _ = pvm.handle_non_pvm_mode(emulator, self.emul_batch, self.events, observer=observer)
+            outcome, _ = pvm.handle_non_pvm_mode(emulator, self.emul_batch if tracer is None else 1, self.events,
+                                                 observer=self._mode_observer)
         finally:
             # The emulator's own count: a batch cut short by a debug-exit write still counts.
             self.stats.emulated_instructions = emulator.instructions_executed
+            self.stats.emulator_seconds += time.perf_counter() - started
+            if tracer is not None:
+                tracer.after(self, before)
         if outcome is pvm.Outcome.CONVERTED:
             self._enter_kvm()
         elif outcome is pvm.Outcome.HALTED:
@@ -379,8 +467,13 @@ class Machine:
         mode = describe_mode(state)
         if mode != self._last_mode:
             log.info("mode: %s at rip=%#x after %d emulated instructions", mode, state.rip,
-                     self._emulator.instructions_executed)
+                     self._emulator.instructions_executed if self._emulator else 0)
+            if self.stop_on_mode_change and self._last_mode is not None and not self._in_step:
+                self.request_stop(DebugStop("mode"))
             self._last_mode = mode
+
+    def _emulator_breakpoint(self, address: int) -> None:
+        self.request_stop(DebugStop("breakpoint", address))
 
     def _run_kvm(self) -> int | None:
         """KVM_RUN until something needs the run loop's attention; port I/O is handled inline.
@@ -400,8 +493,14 @@ class Machine:
         check_mode = self.emulator_kind == "userspace"
         exits = 0
         lma_byte, cs_l_byte = SYNC_EFER_LMA_BYTE, SYNC_CS_L_BYTE
-        trace = log.isEnabledFor(logging.DEBUG)  # -vv: every exit
+        tracer = self.exit_tracer
+        if tracer is None and log.isEnabledFor(logging.DEBUG):  # -vv: every exit
+            tracer = self._log_exit
+        elif tracer is not None:
+            ioctl = tracer.timed(ioctl)     # --trace: time spent inside KVM_RUN itself
         pic = self.platform.pic
+        started = time.perf_counter()
+        halted = stats.halted_seconds
         try:
             while not events.pending:
                 if pic.intr:
@@ -416,9 +515,6 @@ class Machine:
                 self._sync_valid = True
                 reason = kvm_run.exit_reason
                 exits += 1
-                if trace:
-                    log.debug("exit %d: %s at rip=%#x", stats.kvm_exits + exits,
-                              vcpu.exit_record(reason).describe(), vcpu.sync_regs.regs.rip)
                 if reason == _EXIT_IO:
                     direction, size, port, count, off = read_io_header(view, IO_HEADER_OFFSET)
                     st = IO_STRUCTS.get(size)
@@ -436,6 +532,8 @@ class Machine:
                     else:
                         for i in range(count):
                             st.pack_into(view, off + i * size, pio.read(port, size))
+                    if tracer is not None:
+                        tracer(reason)
                     # Still 64-bit long mode (the common case) is two byte reads; anything else
                     # gets the full rule, and the emulator if the vCPU left PVM mode.
                     if check_mode and not (view[lma_byte] & 4 and view[cs_l_byte]) and self._kvm_in_non_pvm_mode():
@@ -449,15 +547,23 @@ class Machine:
                         self.bus.mmio_write(exit_.address, exit_.length, exit_.value)
                     else:
                         exit_.set_value(self.bus.mmio_read(exit_.address, exit_.length))
+                    if tracer is not None:
+                        tracer(reason)
                     if check_mode and self._kvm_in_non_pvm_mode():
                         vcpu.complete_pending_io()
                         self._leave_kvm()
                         return None
                     continue
+                if tracer is not None:
+                    tracer(reason)
                 if reason == _EXIT_INTR:
                     return None
                 if reason == _EXIT_IRQ_WINDOW:
                     continue              # the guest can take the pending interrupt now
+                if reason == _EXIT_DEBUG and exit_.dr6 & _DR6_HITS and not self._single_stepping:
+                    # A hardware breakpoint (a fault: the instruction has not run).
+                    self.request_stop(DebugStop("breakpoint", exit_.pc))
+                    return None
                 stepped = reason == _EXIT_DEBUG and self._single_stepping
                 window_step = reason == _EXIT_DEBUG and self._window_stepping
                 if check_mode and self._kvm_in_non_pvm_mode():
@@ -475,6 +581,11 @@ class Machine:
             return None
         finally:
             stats.kvm_exits += exits
+            stats.kvm_seconds += time.perf_counter() - started - (stats.halted_seconds - halted)
+
+    def _log_exit(self, reason: int) -> None:
+        log.debug("exit %d: %s at rip=%#x", self.stats.kvm_exits + 1, self.vcpu.exit_record(reason).describe(),
+                  self.vcpu.sync_regs.regs.rip)
 
     def _inject(self, kvm_run) -> int | None:
         """INTR is up: inject the interrupt if KVM says the guest can take it now, else ask KVM
@@ -536,9 +647,9 @@ class Machine:
 
     def _set_window_stepping(self, enabled: bool) -> None:
         if enabled != self._window_stepping:
-            if not self._single_stepping:
-                self.vcpu.set_guest_debug(enable=enabled, single_step=enabled)
             self._window_stepping = enabled
+            if not self._single_stepping:
+                self._apply_guest_debug()
 
     def _fatal_exit(self, exit_) -> int:
         rip = self.vcpu.sync_regs.regs.rip
@@ -566,8 +677,13 @@ class Machine:
         """Whether the next instruction runs under KVM (PVM mode, or --emulator kernel), not in pykvm."""
         return self.in_pvm_mode or self.emulator_kind == "kernel" or pvm.may_convert(self.state)
 
-    def step(self) -> int | None:
-        """Execute exactly one guest instruction, in the emulator or under KVM single-step.
+    def step(self, timeout: float | None = None) -> int | None:
+        """Execute exactly one guest instruction, in the emulator or under KVM single-step; or
+        deliver the interrupt one is pending for (then the vCPU is at the handler's first
+        instruction and none ran). A vCPU halted by a step onto HLT (IF = 1) first sleeps until
+        an interrupt wakes it, as in ``run`` (``timeout``, Ctrl-C and ``request_stop`` end the
+        sleep; after a stop request nothing ran and ``debug_stop`` says why, as it does when one
+        was asked for before the step).
 
         Returns the exit status if the guest ended with that instruction (halt with
         interrupts off, debug-exit write), else None.
@@ -575,6 +691,12 @@ class Machine:
         self._check_open()
         if self.state is None:
             raise HostError("nothing loaded: call load() or set_state() first")
+        if self.debug_stop is not None:
+            return None                   # a stop was asked for: nothing runs until take_stop()
+        if self._halted_rflags is not None or (not self.in_pvm_mode and self.state.halted):
+            status = self._sleep_in_halt(timeout)
+            if status is not None or self.debug_stop is not None:
+                return status
         self._in_step = True
         try:
             if not self.next_instruction_in_kvm:
@@ -588,16 +710,41 @@ class Machine:
             self._in_step = False
 
     def _step_emulator(self) -> int | None:
+        emulator = self.emulator
+        emulator.breakpoints_armed = False      # a step runs the instruction it stands on
         try:
-            self.emulator.step()
+            emulator.step()
         finally:
-            self.stats.emulated_instructions = self.emulator.instructions_executed
+            emulator.breakpoints_armed = True
+            self.stats.emulated_instructions = emulator.instructions_executed
         if not pvm.is_supervisor(self.state):
             raise EmulationError("guest switched to user mode outside PVM mode", rip=self.state.rip)
         if self.state.halted:
-            self.state.halted = False
-            return self._halted(self.state.rflags, "emulator")
+            return self._halted(self.state.rflags, "emulator")   # the next step waits for the interrupt
         return None
+
+    def _sleep_in_halt(self, timeout: float | None) -> int | None:
+        """``step`` at a vCPU halted with IF = 1: sleep (as ``run`` does) until INTR is up."""
+        rflags = self.state.rflags if self._halted_rflags is None else self._halted_rflags
+        self._halted_rflags = None
+        self.events.pending = False
+        control = self._control = RunControl(self.events, [self.vcpu], timeout)
+        try:
+            with control:
+                status = self._halted(rflags, "step")
+        finally:
+            self._control = None
+            self.vcpu.immediate_exit = False
+        if status is None and self.debug_stop is None:
+            self._ready_after_hlt()
+        return status
+
+    def _ready_after_hlt(self) -> None:
+        """Past a HLT with IF = 1 there is no interrupt shadow: KVM can take an interrupt, though
+        kvm_run still describes the exit before the HLT (maybe STI's shadow, not ready)."""
+        if self.in_pvm_mode:
+            run = self.vcpu.kvm_run
+            run.ready_for_interrupt_injection = run.if_flag = 1
 
     def _step_kvm(self) -> int | None:
         # Single-stepping HLT under PVM reports a debug exit *after* the HLT and never the halt
@@ -611,6 +758,8 @@ class Machine:
             regs = self.vcpu.get_regs()
             regs.rip += 1
             self.vcpu.set_regs(regs)
+            if regs.rflags & FLAG_IF:
+                self._halted_rflags = regs.rflags     # halted: the next step or run sleeps first
             return self._halted(regs.rflags, "KVM")
         self._set_single_step(True)
         while True:
@@ -622,9 +771,28 @@ class Machine:
 
     def _set_single_step(self, enabled: bool) -> None:
         if enabled != self._single_stepping:
-            step = enabled or self._window_stepping
-            self.vcpu.set_guest_debug(enable=step, single_step=step)
             self._single_stepping = enabled
+            self._apply_guest_debug()
+
+    def _apply_guest_debug(self) -> None:
+        """KVM_SET_GUEST_DEBUG as stepping and breakpoints need it: a debugger's step runs the
+        instruction whatever breakpoint it has (so it also steps off one)."""
+        step = self._single_stepping or self._window_stepping
+        hw = () if self._single_stepping else self._hw_breakpoints
+        self.vcpu.set_guest_debug(enable=bool(step or hw), single_step=step, hw_breakpoints=hw)
+
+    # -- breakpoints --------------------------------------------------------------------------
+    def set_breakpoints(self, addresses) -> None:
+        """Stop ``run()`` before the instructions at these linear addresses (a DebugStop
+        "breakpoint"): any number in the emulator, the first HW_BREAKPOINTS in PVM mode
+        (the debug registers: software breakpoints end in a KVM internal error there)."""
+        self.breakpoints = tuple(dict.fromkeys(addresses))
+        if self._emulator is not None:
+            self._emulator.set_breakpoints(self.breakpoints)
+        hw = self.breakpoints[:HW_BREAKPOINTS]
+        if hw != self._hw_breakpoints:
+            self._hw_breakpoints = hw
+            self._apply_guest_debug()
 
     # -- inspection ---------------------------------------------------------------------------
     def current_state(self) -> CpuState:
@@ -632,6 +800,19 @@ class Machine:
         if self.in_pvm_mode:
             return load_state(self.vcpu, CpuState())
         return self.state
+
+    def put_state(self, state: CpuState) -> None:
+        """Make ``state`` — ``current_state()`` with registers edited by a debugger — the vCPU's state."""
+        if self.in_pvm_mode:
+            store_state(self.vcpu, state)
+            self._sync_valid = False      # the sync-regs area shows the state before the edit
+        elif self._emulator is not None:
+            self._emulator.sync()
+
+    def guest_memory_changed(self) -> None:
+        """Guest RAM was written behind the vCPU's back (a debugger): drop translated code."""
+        if self._emulator is not None:
+            self._emulator.invalidate_code_cache()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:

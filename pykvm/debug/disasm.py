@@ -11,10 +11,19 @@ from pykvm.x86 import paging
 from pykvm.x86.bits import CR0_PE, EFER_LMA
 
 MAX_INSTRUCTION = 15
-_FORMATTER = iced_x86.Formatter(iced_x86.FormatterSyntax.INTEL)
-_FORMATTER.hex_prefix = "0x"
-_FORMATTER.hex_suffix = ""
-_FORMATTER.uppercase_hex = False
+SYNTAXES = {"intel": iced_x86.FormatterSyntax.INTEL, "att": iced_x86.FormatterSyntax.GAS}
+_FORMATTERS: dict[str, iced_x86.Formatter] = {}
+
+
+def formatter(syntax: str = "intel") -> iced_x86.Formatter:
+    """iced-x86's formatter for ``intel`` or ``att`` (GNU as) syntax, with 0x-prefixed lower-case hex."""
+    f = _FORMATTERS.get(syntax)
+    if f is None:
+        f = _FORMATTERS[syntax] = iced_x86.Formatter(SYNTAXES[syntax])
+        f.hex_prefix = "0x"
+        f.hex_suffix = ""
+        f.uppercase_hex = False
+    return f
 
 
 @dataclass(frozen=True)
@@ -53,15 +62,40 @@ class _NoWrites:
         pass
 
 
-def read_code(memory, state: CpuState, length: int = MAX_INSTRUCTION) -> bytes:
-    """Up to ``length`` bytes at CS:RIP (linear → physical through the guest's page tables)."""
-    out = bytearray()
-    linear = (state.seg[CS].base + state.rip) & (0xFFFFFFFFFFFFFFFF if bitness(state) == 64 else 0xFFFFFFFF)
+def linear_mask(state: CpuState) -> int:
+    """Linear addresses are 64-bit in long mode, 32-bit otherwise."""
+    return 0xFFFFFFFFFFFFFFFF if state.efer & EFER_LMA else 0xFFFFFFFF
+
+
+def pc_linear(state: CpuState) -> int:
+    """The linear address of the next instruction: CS.base + RIP."""
+    return (state.seg[CS].base + state.rip) & linear_mask(state)
+
+
+def page_walk(memory, state: CpuState):
+    """``translate(linear) -> physical | None`` through the guest's paging as ``state`` sets it,
+    without setting accessed/dirty bits."""
     view = _NoWrites(memory)
-    while len(out) < length:
+
+    def translate(linear: int) -> int | None:
         try:
-            phys = paging.walk(view, state.cr0, state.cr3, state.cr4, state.efer, linear + len(out)).phys
+            return paging.walk(view, state.cr0, state.cr3, state.cr4, state.efer, linear).phys
         except paging.PageFault:
+            return None
+    return translate
+
+
+def read_linear(memory, state: CpuState, linear: int, length: int, translate=None) -> bytes:
+    """Up to ``length`` bytes of guest RAM at ``linear``, page by page through ``translate``
+    (default: ``page_walk``); stops at the first byte that is unmapped or not RAM."""
+    translate = translate or page_walk(memory, state)
+    mask = linear_mask(state)
+    out = bytearray()
+    if linear > mask:
+        return b""                        # beyond the mode's linear address space
+    while len(out) < length:
+        phys = translate((linear + len(out)) & mask)
+        if phys is None:
             break
         take = min(length - len(out), 0x1000 - (phys & 0xFFF))
         if not memory.contains(phys, take):
@@ -70,19 +104,25 @@ def read_code(memory, state: CpuState, length: int = MAX_INSTRUCTION) -> bytes:
     return bytes(out)
 
 
-def disassemble(code: bytes, address: int, bits: int, count: int = 1) -> list[Disassembled]:
+def read_code(memory, state: CpuState, length: int = MAX_INSTRUCTION) -> bytes:
+    """Up to ``length`` bytes at CS:RIP (linear → physical through the guest's page tables)."""
+    return read_linear(memory, state, pc_linear(state), length)
+
+
+def disassemble(code: bytes, address: int, bits: int, count: int = 1, syntax: str = "intel") -> list[Disassembled]:
     """Decode up to ``count`` instructions of ``code`` placed at ``address``."""
     decoder = iced_x86.Decoder(bits, code, ip=address)
+    fmt = formatter(syntax)
     result = []
     for instr in decoder:
         if len(result) == count:
             break
         offset = instr.ip - address
-        text = "(bad)" if instr.is_invalid else _FORMATTER.format(instr)
+        text = "(bad)" if instr.is_invalid else fmt.format(instr)
         result.append(Disassembled(instr.ip, code[offset:offset + instr.len], text))
     return result
 
 
-def disassemble_at(memory, state: CpuState, count: int = 1) -> list[Disassembled]:
+def disassemble_at(memory, state: CpuState, count: int = 1, syntax: str = "intel") -> list[Disassembled]:
     """The next ``count`` instructions at the vCPU's CS:RIP."""
-    return disassemble(read_code(memory, state, MAX_INSTRUCTION * count), state.rip, bitness(state), count)
+    return disassemble(read_code(memory, state, MAX_INSTRUCTION * count), state.rip, bitness(state), count, syntax)

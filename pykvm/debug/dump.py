@@ -7,8 +7,13 @@ from pykvm.x86.state import GPR_NAMES, SEGMENT_NAMES, CpuState
 
 
 def format_registers(state: CpuState) -> str:
+    return format_gprs(state) + "\n" + format_system(state)
+
+
+def format_gprs(state: CpuState) -> str:
+    """RIP, RSP, RFLAGS and the general registers."""
     g = dict(zip(GPR_NAMES, state.gpr))
-    rows = [
+    return "\n".join([
         "Registers:",
         "----------",
         f"rip: {state.rip:016x}   rsp: {g['rsp']:016x} flags: {state.rflags:016x}",
@@ -17,6 +22,12 @@ def format_registers(state: CpuState) -> str:
         f"rbp: {g['rbp']:016x}    r8: {g['r8']:016x}    r9: {g['r9']:016x}",
         f"r10: {g['r10']:016x}   r11: {g['r11']:016x}   r12: {g['r12']:016x}",
         f"r13: {g['r13']:016x}   r14: {g['r14']:016x}   r15: {g['r15']:016x}",
+    ])
+
+
+def format_system(state: CpuState) -> str:
+    """Control registers, segment registers with their descriptor caches, GDTR/IDTR, EFER."""
+    rows = [
         f"cr0: {state.cr0:016x}   cr2: {state.cr2:016x}   cr3: {state.cr3:016x}",
         f"cr4: {state.cr4:016x}   cr8: {state.cr8:016x}",
         "Segment registers:",

@@ -16,7 +16,7 @@ import iced_x86 as X
 
 from pykvm.emulator import segments
 from pykvm.emulator.cpuid import default_cpuid
-from pykvm.emulator.faults import CpuFault, Preempted
+from pykvm.emulator.faults import BreakpointHit, CpuFault, Preempted
 from pykvm.emulator.features import FeatureCheck
 from pykvm.emulator.flags import ARITH, arith
 from pykvm.emulator.interrupts import deliver_exception, deliver_external
@@ -97,6 +97,14 @@ class Emulator(SystemOps):
         # Called after every interrupt/exception delivery as (vector, linear address of the
         # pushed EFLAGS image, its size); None costs nothing (deliveries are rare anyway).
         self.delivery_observer = None
+        # Debugger breakpoints: linear addresses whose instructions get a guard closure when
+        # their block is translated (no cost anywhere else), active while ``breakpoints_armed``
+        # (a debugger steps over the one it stopped at with it off). ``breakpoint_hit`` is the
+        # address of the last one hit; ``breakpoint_observer(address)`` is called at each hit.
+        self.breakpoints: frozenset[int] = frozenset()
+        self.breakpoints_armed = True
+        self.breakpoint_hit: int | None = None
+        self.breakpoint_observer = None
         self.reset_side_state()
         self._caches: dict[tuple, dict] = {}
         self.cached_instructions = 0   # instructions in the cached blocks (CODE_CACHE_LIMIT)
@@ -212,11 +220,15 @@ class Emulator(SystemOps):
                 hit.update(b for b in line_blocks[key]
                            if any(p == page and s < end and offset < e for p, s, e in b.ranges))
         for blk in hit:
-            blk.valid = False
-            blk.fns.clear()
-            if blk.cache is not None and blk.cache.get(blk.key) is blk:
-                del blk.cache[blk.key]
-            self._unindex(blk)
+            self._discard_block(blk)
+
+    def _discard_block(self, blk) -> None:
+        """Forget one translated block."""
+        blk.valid = False
+        blk.fns.clear()
+        if blk.cache is not None and blk.cache.get(blk.key) is blk:
+            del blk.cache[blk.key]
+        self._unindex(blk)
 
     def _index(self, blk) -> None:
         """Record ``blk`` under every page and 64-byte line its bytes came from."""
@@ -304,9 +316,51 @@ class Emulator(SystemOps):
         self._snap = None
         self._sync_in()
 
+    # -- debugger breakpoints ------------------------------------------------------------------
+    def set_breakpoints(self, addresses) -> None:
+        """Break before the instructions at these linear addresses (replacing the previous set).
+
+        Only the translated blocks holding an added or removed address are dropped; they get
+        their guards when translated again. No breakpoint, no guard: nothing else changes.
+        """
+        new = frozenset(a & 0xFFFFFFFF for a in addresses)
+        changed = new ^ self.breakpoints
+        self.breakpoints = new
+        if not changed:
+            return
+        for cache in self._caches.values():
+            doomed = [blk for key, blk in cache.items()
+                      if any((a - key) & 0xFFFFFFFF < max((blk.eips[-1] - blk.eip) & 0xFFFFFFFF, 1)
+                             for a in changed)]
+            for blk in doomed:
+                self._discard_block(blk)
+
+    def _plant_breakpoints(self, blk, lin: int) -> None:
+        """Put a guard before each instruction of a new block that has a breakpoint."""
+        base = lin - blk.eip
+        last = blk.n - 1
+        for i in range(blk.n):
+            address = (base + blk.eips[i]) & 0xFFFFFFFF
+            if address in self.breakpoints:
+                if i < last:
+                    blk.fns[i] = self._guard(blk.fns[i], address)
+                else:
+                    blk.term = self._guard(blk.term, address)
+
+    def _guard(self, fn, address: int):
+        emu = self
+
+        def guarded():
+            if emu.breakpoints_armed:
+                raise BreakpointHit(address)
+            return fn()
+        return guarded
+
     # -- translation ------------------------------------------------------------------------
     def _translate(self, lin: int, eip: int):
         blk, cacheable = translate_block(self, lin, eip)
+        if self.breakpoints:
+            self._plant_breakpoints(blk, lin)
         if cacheable and blk.pages:
             if self.cached_instructions > CODE_CACHE_LIMIT:
                 self.flush_blocks()
@@ -408,6 +462,15 @@ class Emulator(SystemOps):
                     st.rip = blk.eips[i]          # the REP instruction resumes from here
                     done += i
                     st.interrupt_shadow = False
+                    break
+                except BreakpointHit as e:
+                    st.rip = blk.eips[i]          # before the instruction, which has not run
+                    done += i
+                    if i:
+                        st.interrupt_shadow = False   # the instructions before it used it up
+                    self.breakpoint_hit = e.address
+                    if self.breakpoint_observer is not None:
+                        self.breakpoint_observer(e.address)
                     break
                 if rf and not self.rf_loaded:
                     st.rflags &= ~FLAG_RF

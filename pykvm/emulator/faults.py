@@ -46,6 +46,18 @@ class Preempted(Exception):
     stopped. Internal control flow, like ``CpuFault``: it never escapes the ``Emulator``."""
 
 
+class BreakpointHit(Exception):
+    """A debugger breakpoint: raised by the guard closure planted in front of the instruction
+    at ``address`` (linear) before it runs. Internal control flow: ``run`` returns with RIP on
+    that instruction, and the instruction has not executed."""
+
+    __slots__ = ("address",)
+
+    def __init__(self, address: int):
+        super().__init__(address)
+        self.address = address
+
+
 class TripleFault(GuestShutdownError):
     """A fault while delivering a double fault: the CPU shuts down."""
 

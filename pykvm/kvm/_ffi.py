@@ -130,6 +130,15 @@ struct kvm_debug_exit_arch {
     __u64 dr7;
 };
 
+struct kvm_translation {
+    __u64 linear_address;
+    __u64 physical_address;
+    __u8 valid;
+    __u8 writeable;
+    __u8 usermode;
+    __u8 pad[5];
+};
+
 struct kvm_mp_state {
     __u32 mp_state;
 };

@@ -49,6 +49,7 @@ class Vcpu:
         self._debug = ffi.new("struct kvm_guest_debug *")
         self._events = ffi.new("struct kvm_vcpu_events *")
         self._interrupt = ffi.new("struct kvm_interrupt *")
+        self._translation = ffi.new("struct kvm_translation *")
         # Dropped without close(): the fd is closed then, the mapping goes with its last user.
         # (Registered last: if __init__ fails, Vm.create_vcpu closes the fd.)
         self._finalizer = own_fd(self, fd, f"Vcpu {index}")
@@ -233,6 +234,16 @@ class Vcpu:
         dbg.arch.debugreg[7] = dr7
         dbg.control = control
         ioctl(self.fd, K.KVM_SET_GUEST_DEBUG, dbg, "KVM_SET_GUEST_DEBUG")
+
+    def translate(self, linear: int) -> int | None:
+        """KVM_TRANSLATE: the guest-physical address of ``linear`` through the vCPU's current
+        paging, or None where it is not mapped."""
+        tr = self._translation
+        tr.linear_address = linear & 0xFFFFFFFFFFFFFFFF
+        tr.physical_address = 0
+        tr.valid = 0
+        ioctl(self.fd, K.KVM_TRANSLATE, tr, "KVM_TRANSLATE")
+        return tr.physical_address if tr.valid else None
 
     # -- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:

@@ -22,7 +22,7 @@ STRUCT_SIZES = {
     "kvm_run": 2352, "kvm_regs": 144, "kvm_sregs": 312, "kvm_segment": 24, "kvm_dtable": 16,
     "kvm_fpu": 416, "kvm_msrs": 8, "kvm_msr_entry": 16, "kvm_userspace_memory_region": 32,
     "kvm_guest_debug": 72, "kvm_cpuid2": 8, "kvm_cpuid_entry2": 40, "kvm_mp_state": 4,
-    "kvm_vcpu_events": 64, "kvm_sync_regs": 520,
+    "kvm_vcpu_events": 64, "kvm_sync_regs": 520, "kvm_translation": 24,
 }
 
 # Values as the kernel headers define them for x86-64.
@@ -34,7 +34,7 @@ IOCTL_NUMBERS = {
     "KVM_GET_MSRS": 0xC008AE88, "KVM_SET_MSRS": 0x4008AE89, "KVM_GET_FPU": 0x81A0AE8C,
     "KVM_SET_FPU": 0x41A0AE8D, "KVM_SET_CPUID2": 0x4008AE90, "KVM_GET_MP_STATE": 0x8004AE98,
     "KVM_SET_MP_STATE": 0x4004AE99, "KVM_SET_GUEST_DEBUG": 0x4048AE9B, "KVM_GET_VCPU_EVENTS": 0x8040AE9F,
-    "KVM_SET_VCPU_EVENTS": 0x4040AEA0,
+    "KVM_SET_VCPU_EVENTS": 0x4040AEA0, "KVM_TRANSLATE": 0xC018AE85,
 }
 
 
