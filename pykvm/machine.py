@@ -13,7 +13,8 @@ import logging
 import sys
 import time
 import weakref
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import BinaryIO
 
@@ -83,6 +84,24 @@ class RunStats:
     emulator_seconds: float = 0.0   # of which in the emulator ...
     kvm_seconds: float = 0.0        # ... under KVM (KVM_RUN with the exits handled inline) ...
     halted_seconds: float = 0.0     # ... and asleep in HLT
+    # KVM exits other than port I/O, by reason: counted off the I/O fast path, so counting costs
+    # it nothing (the I/O exits are the rest of kvm_exits).
+    other_exits: Counter = field(default_factory=Counter)
+
+    def exits_by_reason(self) -> dict[str, int]:
+        """KVM exits by reason ("io", "hlt", "mmio", ...), most frequent first."""
+        counts = Counter({_exit_name(reason): n for reason, n in self.other_exits.items()})
+        io = self.kvm_exits - sum(self.other_exits.values())
+        if io:
+            counts["io"] = io
+        return dict(counts.most_common())
+
+
+def _exit_name(reason: int) -> str:
+    try:
+        return ExitReason(reason).name.lower()
+    except ValueError:
+        return str(reason)
 
 
 @dataclass(frozen=True)
@@ -541,6 +560,7 @@ class Machine:
                         self._leave_kvm()
                         return None
                     continue
+                stats.other_exits[reason] += 1
                 exit_ = vcpu.exit_record(reason)
                 if reason == _EXIT_MMIO:
                     if exit_.is_write:

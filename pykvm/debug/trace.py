@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass, field
 
 from pykvm.debug.disasm import disassemble_at, pc_linear
@@ -174,7 +174,6 @@ class RunTracer:
         self.syntax = syntax
         self.describe_mode, self.mode_name = describe_mode, mode_name
         self.folder = Folder(self._write) if fold else None
-        self.exits: Counter = Counter()
         self.kvm_run_seconds = 0.0
         self.instructions = 0
         self.mode_changes: list[str] = []
@@ -252,11 +251,6 @@ class RunTracer:
     def __call__(self, reason: int) -> None:
         vcpu = self.machine.vcpu
         self._exit_number += 1
-        try:
-            name = ExitReason(reason).name.lower()
-        except ValueError:
-            name = str(reason)
-        self.exits[name] += 1
         sync = vcpu.sync_regs
         rip, sregs = sync.regs.rip, sync.sregs
         self._note_mode(self.mode_name(sregs.cr0, sregs.efer, sregs.cs.l, sregs.cs.db), True, rip)
@@ -289,8 +283,8 @@ class RunTracer:
         lines = ["--- summary",
                  f"  instructions emulated   {s.emulated_instructions:>10,}   {s.emulator_seconds:8.3f} s in the emulator",
                  f"  KVM exits               {s.kvm_exits:>10,}   {s.kvm_seconds:8.3f} s under KVM"
-                 + (f" ({self.kvm_run_seconds:.3f} s inside KVM_RUN)" if self.exits else "")]
-        for name, count in self.exits.most_common():
+                 + (f" ({self.kvm_run_seconds:.3f} s inside KVM_RUN)" if s.kvm_exits else "")]
+        for name, count in s.exits_by_reason().items():   # the machine counts them, traced or not
             lines.append(f"    {name:<21} {count:>10,}")
         if s.halted_seconds:
             lines.append(f"  {'':<34}{s.halted_seconds:8.3f} s asleep in HLT")
