@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from pykvm import pvm
+from pykvm import pvm, record
 from pykvm.errors import (INTERNAL_BUG_EXIT, BadInputError, InterruptedByUser, PykvmError, output_error,
                           signal_error)
 from pykvm.loaders import FORMATS
@@ -107,6 +107,7 @@ class _Commands(click.Group):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         raise_if_stop_noted()          # a signal while pykvm.process itself ran
+        record.begin()
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
@@ -117,10 +118,17 @@ class _Commands(click.Group):
         except click.ClickException as e:
             ctx = getattr(e, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            _fail(BadInputError(" ".join(e.format_message().split()) + hint))
+            _fail_before_run(BadInputError(" ".join(e.format_message().split()) + hint), args)
         except click.Abort:            # Ctrl-C (KeyboardInterrupt) while click was parsing
-            _fail(InterruptedByUser())
+            _fail_before_run(InterruptedByUser(), args)
         sys.exit(status or 0)
+
+
+def _fail_before_run(error: PykvmError, args) -> None:
+    """``_fail`` for an error of the command line itself; ``run --json`` still gets its record."""
+    _emit_record(lambda: record.emit_missing(sys.argv[1:] if args is None else args, error.exit_code, error,
+                                             _echo))
+    _fail(error)
 
 
 def _setup_logging(verbose: int) -> None:
@@ -221,10 +229,10 @@ def _read_modules(specs, limit: int) -> list:
 
 @contextlib.contextmanager
 def _guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, modules, bios, serial, emulator,
-                   emul_batch, device, testdev, stdio=None):
+                   emul_batch, device, testdev, stdio=None, run_record=None):
     """A Machine with IMAGE loaded as the image options say (or the ``--bios`` firmware at the
     reset vector); closes it and the serial file after. ``stdio``: where ``--serial stdio`` goes
-    instead of stdout (a debugger keeps it apart)."""
+    instead of stdout (a debugger keeps it apart, ``--json`` keeps it for ``run_record``)."""
     from pykvm.guests import read_image, resolve
     from pykvm.machine import Machine
 
@@ -245,10 +253,14 @@ def _guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, modules, bi
         if given:
             raise BadInputError(f"{', '.join(given)} do not apply to firmware started at the reset vector")
         rom = read_image(rom_path, ROM_MAX, limit_what="a firmware ROM may hold (64 KiB to 16 MiB)")
+        if run_record is not None:
+            run_record.path = str(rom_path)
     else:
         rom = None
         if image is None and mode is None:
             mode = "real"
+        if run_record is not None:
+            run_record.path = str(path)
     module_list = _read_modules(modules, memory_size)
     serial_out, close_serial = _open_serial(serial, stdio)
     try:
@@ -285,9 +297,9 @@ def _print_stats(machine) -> None:
 
 
 @contextlib.contextmanager
-def _session(image_options, stats: bool, stdio=None):
+def _session(image_options, stats: bool, stdio=None, run_record=None):
     """``_guest_machine`` for a command with the run options: --stats printed at the end."""
-    with _guest_machine(**image_options, stdio=stdio) as machine:
+    with _guest_machine(**image_options, stdio=stdio, run_record=run_record) as machine:
         try:
             yield machine
         finally:
@@ -320,7 +332,10 @@ def _open_trace(trace: str):
 @click.option("--trace-exits", is_flag=True, help="Trace only the KVM exits (the emulator runs at full speed).")
 @click.option("--gdb", "gdb", metavar="tcp::PORT", default=None,
               help="Wait for gdb (target remote :PORT) before the first instruction; serve it.")
-def run(verbose, timeout, stats, syntax, trace, trace_exits, gdb, **image_options):
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON record of the run on stdout, whatever ended it (the serial output "
+                   "goes into it, unless --serial PATH).")
+def run(verbose, timeout, stats, syntax, trace, trace_exits, gdb, as_json, **image_options):
     """Run IMAGE (default: the built-in boot16to64 guest) until it exits.
 
     IMAGE may be a flat binary, a boot sector, an ELF or a multiboot kernel, or a
@@ -329,23 +344,72 @@ def run(verbose, timeout, stats, syntax, trace, trace_exits, gdb, **image_option
     from pykvm.debug import commands
 
     _setup_logging(verbose)
+    run_record = None
+    if as_json:
+        run_record = record.RunRecord(image_options["image"],
+                                      record.SerialCapture() if image_options["serial"] == "stdio" else None)
     if gdb is not None and (trace is not None or trace_exits):
-        _fail(BadInputError("--gdb and --trace do not go together"))
+        _fail_before_run(BadInputError("--gdb and --trace do not go together"), None)
+
+    def execute(machine) -> int:
+        if gdb is not None:
+            return commands.run_gdb(machine, gdb, timeout, _symbols(image_options["image"]))
+        if trace is not None or trace_exits:
+            with _open_trace(trace or "-") as out:
+                return commands.run_traced(machine, timeout, out, not trace_exits, syntax)
+        return machine.run(timeout=timeout)
 
     def body() -> int:
         if gdb is not None:
             from pykvm.debug.gdbstub import parse_listen
 
             parse_listen(gdb)               # a bad --gdb before anything is loaded
-        with _session(image_options, stats) as machine:
-            if gdb is not None:
-                return commands.run_gdb(machine, gdb, timeout, _symbols(image_options["image"]))
-            if trace is not None or trace_exits:
-                with _open_trace(trace or "-") as out:
-                    return commands.run_traced(machine, timeout, out, not trace_exits, syntax)
-            return machine.run(timeout=timeout)
+        capture = run_record and run_record.serial
+        with _session(image_options, stats, capture, run_record) as machine:
+            if run_record is None:
+                return execute(machine)
+            run_record.loaded(machine)
+            status = None
+            try:
+                status = execute(machine)
+                return status
+            finally:
+                run_record.ran(machine, status)    # before the machine closes: the vCPU state
 
-    sys.exit(_guarded(body))
+    if run_record is None:
+        sys.exit(_guarded(body))
+    _run_recorded(body, run_record)
+
+
+def _run_recorded(body, run_record) -> None:
+    """``_guarded(body)`` with the run's record on stdout at the end, whatever ended it."""
+    raised = None
+
+    def watched() -> int:
+        nonlocal raised
+        try:
+            return body()
+        except BaseException as e:
+            raised = e
+            raise
+
+    try:
+        status = _guarded(watched)
+    except SystemExit as e:         # an error, reported: its record, then its status
+        error = e.error if isinstance(e, ErrorExit) else raised
+        message = None if isinstance(e, ErrorExit) else f"internal error: {type(raised).__name__}: {raised}"
+        _emit_record(lambda: record.emit(run_record.result(e.code, error=error, message=message), _echo))
+        raise
+    _emit_record(lambda: record.emit(run_record.result(status & 0xFF, status), _echo))
+    sys.exit(status)
+
+
+def _emit_record(write) -> None:
+    """Write a record; a failing stdout ends pykvm as it would for the guest's output."""
+    try:
+        write()
+    except PykvmError as e:
+        _fail(e)
 
 
 @main.command()

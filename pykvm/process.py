@@ -151,6 +151,19 @@ def _flush_stdout(error):
     return error
 
 
+def _record_if_missing(error, status) -> None:
+    """``pykvm run --json`` that ended before its command wrote the record (a stop signal while
+    starting up): the record of what is known goes out with the last flush."""
+    if error is None and _stop_signum is not None:
+        error = signal_error(_stop_signum)
+    try:
+        from pykvm import record
+
+        record.emit_missing(sys.argv[1:], status if error is None else error.exit_code, error, record.stdout_line)
+    except (Stop, OSError, ValueError):
+        pass                            # the status and the error line still say what happened
+
+
 def main() -> None:
     """The ``pykvm`` command."""
     _set_stop_handlers(_on_stop_signal)
@@ -169,6 +182,8 @@ def main() -> None:
     except Exception as e:              # a bug outside the commands' guard: still one line
         report(f"{type(e).__name__}: {e}", prefix="pykvm: internal error: ")
         status = 14
+    if error is not None or _stop_signum is not None or status == 14:
+        _record_if_missing(error, status)
     error = _flush_stdout(error)
     if error is None and _stop_signum is not None and not _reported:
         error = signal_error(_stop_signum)
