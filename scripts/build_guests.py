@@ -12,9 +12,13 @@ keeps two outputs per guest:
 Builds are incremental: a guest is rebuilt only when an output is missing or older
 than one of its inputs (sources, the headers they include -- taken from the
 compiler's own dependency files --, the linker script, and this script, which
-holds the recipes and compiler flags).  Outputs are written to
-temporary names and renamed into place, so concurrent builds (several pytest
-processes, the CLI) never see a half-written image.
+holds the recipes and compiler flags).  Each build compiles into a temporary
+directory of its own (no object file is shared between guests or builds) and
+renames the outputs into place, so a reader never sees a half-written image;
+and one guest is built by one process at a time (a lock file per guest in the
+output directory), so concurrent builds of the same guest (pytest-xdist
+workers, several ``pykvm run``) wait for the first and find it fresh, never
+mixing one build's ELF with another's flat image.
 
 This file is deliberately self-contained (standard library plus ``pykvm.errors``)
 so that tests, benchmarks and the ``pykvm`` package can import it by path.
@@ -25,6 +29,8 @@ Usage: ``python scripts/build_guests.py [--force] [--list] [names...]``
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import shlex
 import shutil
@@ -281,16 +287,32 @@ def build(name: str, *, src_dir: Path | None = None, out_dir: Path | None = None
     r = recipe(name)
     src = Path(src_dir) if src_dir is not None else GUESTS_DIR
     out = Path(out_dir) if out_dir is not None else BUILD_DIR
-    primary, elf = outputs(name, out)
+    primary, _ = outputs(name, out)
     if not force and _is_fresh(r, src, out):
         return primary
-
     for source in r.sources + (r.linker_script,):
         if not (src / source).is_file():
             raise GuestBuildError(f"guest '{name}': missing input {src / source}")
-    gcc, ld, objcopy = _tool("gcc"), _tool("ld"), _tool("objcopy")
-    out.mkdir(parents=True, exist_ok=True)
+    with _build_lock(out, name):
+        if force or not _is_fresh(r, src, out):    # unless whoever held the lock just built it
+            _build(r, src, out)
+    return primary
 
+
+@contextlib.contextmanager
+def _build_lock(out: Path, name: str):
+    """Hold the lock of guest ``name``'s outputs in ``out`` (released when its file closes)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f".{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _build(r: Recipe, src: Path, out: Path) -> None:
+    """Compile, link and check guest ``r`` into ``out`` (the caller holds its lock)."""
+    name = r.name
+    primary, elf = outputs(name, out)
+    gcc, ld, objcopy = _tool("gcc"), _tool("ld"), _tool("objcopy")
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=out) as tmp_name:
         tmp = Path(tmp_name)
         objects: list[str] = []
@@ -332,7 +354,6 @@ def build(name: str, *, src_dir: Path | None = None, out_dir: Path | None = None
         if r.flat:
             os.replace(tmp_bin, primary)
         os.replace(deps_tmp, _deps_file(out, name))
-    return primary
 
 
 def build_runnable(name: str, **kwargs) -> Path:

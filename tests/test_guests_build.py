@@ -6,6 +6,7 @@ tests never race with anything else using guests/build/.
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import os
 import shutil
@@ -148,6 +149,19 @@ def test_second_build_does_nothing(tmp_path, monkeypatch):
     assert second == first
     assert calls == []
     assert second.stat().st_mtime_ns == stamp
+
+
+def test_concurrent_builds_of_one_guest_build_it_once(tmp_path, monkeypatch):
+    """pytest-xdist workers starting the same guest at once: one builds, the others wait for its
+    lock and find the outputs fresh."""
+    out = tmp_path / "out"
+    builds = []
+    real_build = bg._build
+    monkeypatch.setattr(bg, "_build", lambda r, src, out: builds.append(r.name) or real_build(r, src, out))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: bg.build("cwork32", out_dir=out), range(4)))
+    assert builds == ["cwork32"] and len(set(results)) == 1 and results[0].is_file()
+    assert sorted(p.name for p in out.iterdir()) == [".cwork32.lock", "cwork32.bin", "cwork32.deps", "cwork32.elf"]
 
 
 def test_a_touched_header_triggers_a_rebuild(tmp_path):
