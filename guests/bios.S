@@ -15,6 +15,12 @@
  *         long mode at lm64 -- under pykvm, PVM mode: KVM runs ROM code from a
  *         read-only slot -- for the last checks, prints the summary and writes the
  *         failure count to port 0xf4.
+ *
+ * pykvm-test:
+ *   format = "bios"
+ *   mode = "real"
+ *   executors = ["emu", "kvm"]  # the last 4 checks run from ROM in PVM mode
+ *   serial = ["SUMMARY: 19 passed, 0 failed"]
  */
 #include "guest_asm.h"
 #include "bios.h"

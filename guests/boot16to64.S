@@ -19,6 +19,13 @@
  * 0x10000-0x12fff.  Everything (code, GDT, strings) lives in one section so the
  * same text also builds as a 512-byte boot sector (bootsector.S defines
  * BOOTSECTOR, which appends the 55 AA signature at offset 510).
+ *
+ * pykvm-test:
+ *   format = "flat"
+ *   mode = "real"
+ *   executors = ["emu", "kvm"]  # converted to PVM mode for the [long] line
+ *   timeout = 10
+ *   serial_match = ['^\[real\] 16-bit real mode', '^\[protected\] 32-bit', '^\[long\] 64-bit long mode: running in PVM mode']
  */
 #include "guest_asm.h"
 

@@ -19,6 +19,15 @@
  * addresses behind 66h/67h prefixes almost everywhere, running in real mode.
  * Code, data, .bss and stack must all fit below offset 0x10000 of segment 0
  * (about 32 KiB), so it does the same work on smaller inputs.
+ *
+ * pykvm-test:
+ *   serial = ["SUMMARY: 10 passed, 0 failed"]
+ *   [cwork32]
+ *   format = "elf"
+ *   mode = "protected"
+ *   [cwork16]
+ *   format = "flat"
+ *   mode = "real"
  */
 #include "pykvm_guest.h"
 

@@ -13,6 +13,12 @@
  *         cli; hlt (and hlt again if woken).  Each OUT is one KVM_EXIT_IO, the
  *         IN one more, the HLT a KVM_EXIT_HLT: count + 2 exits in total.
  *         A count of 0 skips the loop.
+ *
+ * pykvm-test:
+ *   format = "elf"
+ *   mode = "long"
+ *   status = 0                  # cli; hlt after the last exit
+ *   timeout = 30
  */
 #include "guest_asm.h"
 

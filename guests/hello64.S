@@ -5,6 +5,12 @@
  * Does:   prints "Hello from a 64-bit pykvm guest!" on COM1, then writes 0 to the
  *         debug-exit port (process status 1).  Touches no segment registers and
  *         no memory but its own, so it runs whatever GDT the loader chose.
+ *
+ * pykvm-test:
+ *   format = "elf"
+ *   mode = "long"
+ *   timeout = 10
+ *   serial = ["Hello from a 64-bit pykvm guest!"]
  */
 #include "guest_asm.h"
 

@@ -5,6 +5,15 @@
  * Does:   programs PIT channel 0 at 100 Hz, sleeps IDLE_TICKS ticks in "sti; hlt"
  *         (the idle loop of every OS), prints how many HLT wake-ups it had and
  *         exits with 0.  What it costs the host per second is the cost of idling.
+ *
+ * pykvm-test:
+ *   serial_match = ['^idle: 300 ticks at 100 Hz, \d+ HLT wake-ups$']   # wake-ups vary with load
+ *   [idle16]
+ *   format = "flat"
+ *   mode = "real"
+ *   [idle64]
+ *   format = "elf"
+ *   mode = "long"
  */
 #include "pc_platform.h"
 

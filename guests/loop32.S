@@ -20,6 +20,11 @@
  *      the checksum, prints "loop32: <count> iterations, checksum 0x<hex>" and
  *      writes 0 to the debug-exit port.
  * scripts/build_guests.py: loop32_checksum(count) computes the expected value.
+ *
+ * pykvm-test:
+ *   format = "elf"
+ *   mode = "protected"
+ *   serial = ["loop32: 20000 iterations, checksum 0xbba57eda"]  # loop32_checksum(20000)
  */
 #include "guest_asm.h"
 

@@ -11,6 +11,11 @@
  *         command line, checks module 0 against it; checks that module 0 starts on a page
  *         boundary, that the memory map calls the kernel's memory RAM and that the basic
  *         memory information is there. Exits with the failure count.
+ *
+ * pykvm-test:
+ *   format = "multiboot2"
+ *   mode = "protected"
+ *   serial = ["SUMMARY: 3 passed, 0 failed"]
  */
 #include "pykvm_guest.h"
 #include "checks.h"

@@ -13,6 +13,13 @@
  *         (the second line only when flags bit 0 says the fields are valid),
  *         then writes 0 to the debug-exit port if the magic was right and the
  *         memory fields were present, 1 otherwise.
+ *
+ * pykvm-test:
+ *   format = "multiboot"
+ *   mode = "protected"
+ *   memory = "64M"
+ *   serial = ["multiboot32: mem_lower=640 KiB mem_upper=64512 KiB"]
+ *   serial_match = ['^multiboot32: eax=0x2badb002 flags=']
  */
 #include "guest_asm.h"
 

@@ -10,6 +10,11 @@
  *         on, that the memory map calls the kernel's own memory RAM; prints the command
  *         line, the memory map and each module with its CRC-32; with "crc32=0x<hex>" on
  *         the command line, checks module 0 against it. Exits with the failure count.
+ *
+ * pykvm-test:
+ *   format = "pvh"
+ *   mode = "protected"
+ *   serial = ["SUMMARY: 4 passed, 0 failed"]
  */
 #include "pykvm_guest.h"
 #include "checks.h"

@@ -16,6 +16,11 @@
  * interrupt used by the INT/IRET checks.  It uses 186/386 instructions (PUSHA,
  * IMUL r,r,imm, 32-bit operands via the 66h prefix) since every CPU pykvm
  * targets has them.
+ *
+ * pykvm-test:
+ *   format = "flat"
+ *   mode = "real"
+ *   serial = ["SUMMARY: 137 passed, 0 failed"]
  */
 #include "guest_asm.h"
 
