@@ -11,7 +11,7 @@ import pytest
 from pykvm import record
 from tests.asm import assemble
 from tests.test_cli import invoke
-from tests.test_robustness import PRINT_FOREVER, SPIN, finish, start, wait_for_line
+from tests.test_robustness import PRINT_FOREVER, SPIN, finish, image, start, wait_for_line  # noqa: F401 (image: a fixture)
 
 SCHEMA = json.loads(record.SCHEMA_PATH.read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
@@ -32,15 +32,6 @@ def run_json(*args) -> tuple[int, dict, str]:
     """``pykvm run --json ARGS`` through click's runner: (status, record, stderr)."""
     result = invoke("run", "--json", *args)
     return result.exit_code, valid(result.stdout), result.stderr
-
-
-@pytest.fixture
-def image(tmp_path):
-    def write(data: bytes, name: str = "guest.bin") -> str:
-        path = tmp_path / name
-        path.write_bytes(data)
-        return str(path)
-    return write
 
 
 def test_the_schema_is_a_valid_json_schema():
