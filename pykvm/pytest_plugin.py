@@ -53,7 +53,7 @@ EXECUTORS = ("emu", "kvm")
 _NAME = re.compile(r"[A-Za-z0-9_.+-]+\Z")
 # The line that opens the pykvm-test section of a source's header comment.
 _HEADER_LINE = re.compile(r"^[ \t]*(?:/\*+|\*|//|#)?[ \t]*" + re.escape(HEADER_MARK) + r"[ \t]*$", re.M)
-_LEADER = re.compile(r"^[ \t]*(?:\*(?!/)|//|#)?")
+_STAR = re.compile(r"^[ \t]*\*(?!/)")          # a block comment's leading "*"
 
 
 class SpecError(Exception):
@@ -215,9 +215,9 @@ def header_section(text: str) -> tuple[str, int] | None:
             continue
         end = line.find("*/")
         if end >= 0:
-            body.append(_LEADER.sub("", line[:end], count=1))
+            body.append(_STAR.sub("", line[:end], count=1))
             break
-        body.append(_LEADER.sub("", line, count=1))
+        body.append(_STAR.sub("", line, count=1))
     else:
         if not line_comment:
             raise SpecError(f"line {start + 1}: the {HEADER_MARK} section's comment never ends")
