@@ -348,8 +348,6 @@ def run(verbose, timeout, stats, syntax, trace, trace_exits, gdb, as_json, **ima
     if as_json:
         run_record = record.RunRecord(image_options["image"],
                                       record.SerialCapture() if image_options["serial"] == "stdio" else None)
-    if gdb is not None and (trace is not None or trace_exits):
-        _fail_before_run(BadInputError("--gdb and --trace do not go together"), None)
 
     def execute(machine) -> int:
         if gdb is not None:
@@ -363,6 +361,8 @@ def run(verbose, timeout, stats, syntax, trace, trace_exits, gdb, as_json, **ima
         if gdb is not None:
             from pykvm.debug.gdbstub import parse_listen
 
+            if trace is not None or trace_exits:
+                raise BadInputError("--gdb and --trace do not go together")
             parse_listen(gdb)               # a bad --gdb before anything is loaded
         capture = run_record and run_record.serial
         with _session(image_options, stats, capture, run_record) as machine:
