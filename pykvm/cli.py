@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from pykvm import pvm, record
+from pykvm import pvm
 from pykvm.errors import (INTERNAL_BUG_EXIT, BadInputError, InterruptedByUser, PykvmError, output_error,
                           signal_error)
 from pykvm.loaders import FORMATS
@@ -107,7 +107,6 @@ class _Commands(click.Group):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         raise_if_stop_noted()          # a signal while pykvm.process itself ran
-        record.begin()
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
@@ -126,8 +125,10 @@ class _Commands(click.Group):
 
 def _fail_before_run(error: PykvmError, args) -> None:
     """``_fail`` for an error of the command line itself; ``run --json`` still gets its record."""
-    _emit_record(lambda: record.emit_missing(sys.argv[1:] if args is None else args, error.exit_code, error,
-                                             _echo))
+    from pykvm import record
+
+    if record.requested(sys.argv[1:] if args is None else args):
+        _emit_record(lambda: record.emit(record.before_run(error.exit_code, error), _echo))
     _fail(error)
 
 
@@ -346,6 +347,8 @@ def run(verbose, timeout, stats, syntax, trace, trace_exits, gdb, as_json, **ima
     _setup_logging(verbose)
     run_record = None
     if as_json:
+        from pykvm import record
+
         run_record = record.RunRecord(image_options["image"],
                                       record.SerialCapture() if image_options["serial"] == "stdio" else None)
 
@@ -383,6 +386,8 @@ def run(verbose, timeout, stats, syntax, trace, trace_exits, gdb, as_json, **ima
 
 def _run_recorded(body, run_record) -> None:
     """``_guarded(body)`` with the run's record on stdout at the end, whatever ended it."""
+    from pykvm import record
+
     raised = None
 
     def watched() -> int:

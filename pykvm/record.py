@@ -196,26 +196,22 @@ class RunRecord:
 
 
 def emit(record: dict, write) -> None:
-    """Write ``record`` as one line with ``write`` (once per process: a later call does nothing)."""
+    """Write ``record`` as one line with ``write``."""
     global _emitted
-    if _emitted:
-        return
     _emitted = True
     write(json.dumps(record))
 
 
-def begin() -> None:
-    """A new command starts (the CLI called in-process again): no record is out yet."""
-    global _emitted
-    _emitted = False
+def before_run(status: int, error: BaseException | None) -> dict:
+    """The record of a run that ended before its command began: only how it ended is known."""
+    return RunRecord(None, None).result(status, error=error)
 
 
 def emit_missing(argv, status: int, error: BaseException | None, write) -> None:
-    """``run --json`` ended before its command could write the record (a usage error, a stop
-    signal while pykvm started): write what is known."""
-    if _emitted or not requested(argv):
-        return
-    emit(RunRecord(None, None).result(status, error=error), write)
+    """The end of the ``pykvm`` process: ``run --json`` (``argv``) whose record is not out yet
+    (a stop signal while pykvm started) gets what is known."""
+    if not _emitted and requested(argv):
+        emit(before_run(status, error), write)
 
 
 def stdout_line(text: str) -> None:
