@@ -5,8 +5,9 @@ The record is one JSON object on one line of stdout, whatever ended the run: the
 timeout, the output) or a signal. Its fields are described in ``run-record.schema.json``
 beside this module (``SCHEMA_VERSION``) and in the README (*Results as JSON*).
 
-This module imports nothing heavy: ``pykvm.process`` uses it to write the record of a run
-that ended before the ``run`` command could (a usage error, a stop signal while starting up).
+This module imports nothing heavy, and only ``--json`` and errors import it: the CLI writes the
+record of a command line it refuses, ``pykvm.process`` that of a run that ended before its
+command began (a stop signal while pykvm starts).
 """
 
 from __future__ import annotations
