@@ -211,7 +211,11 @@ def test_stepping_sleeps_in_hlt_and_delivers_each_tick_once():
         assert stop.status == 7
         events = [i for i, r in enumerate(records) if r.event == "interrupt"]
         assert len(events) == 3
-        assert all(records[i - 1].asm == "hlt" for i in events)
+        halts = [i for i, r in enumerate(records) if r.asm == "hlt"]
+        assert halts and all(records[i + 1].event == "interrupt" for i in halts)
+        # A tick can also arrive while the handler runs (a loaded host steps slowly): then it is
+        # taken right after the IRET that sets IF again, never anywhere else.
+        assert all(records[i - 1].asm in ("hlt", "iret") for i in events)
 
 
 @pytest.mark.kvm
