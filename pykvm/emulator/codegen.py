@@ -236,7 +236,7 @@ class Gen:
     """Source builder for one instruction."""
 
     __slots__ = ("ctx", "ins", "lines", "params", "ntmp", "terminal", "eip", "next_eip", "indent",
-                 "factory", "args")
+                 "factory", "args", "body")
 
     def __init__(self, ctx: TranslateContext, ins, eip: int):
         self.ctx = ctx
@@ -303,7 +303,7 @@ class Gen:
         return f"({' + '.join(parts)}) & {amask:#x}"
 
     def build(self, emu):
-        body = "\n".join(self.lines) if self.lines else "pass"
+        self.body = body = "\n".join(self.lines) if self.lines else "pass"
         self.factory = factory = compile_template(body, len(self.params))
         self.args = args = tuple(self.params)
         return factory(emu, args)

@@ -14,7 +14,7 @@ from typing import Callable
 
 import iced_x86 as X
 
-from pykvm.emulator import segments
+from pykvm.emulator import compiler, segments
 from pykvm.emulator.cpuid import default_cpuid
 from pykvm.emulator.faults import BreakpointHit, CpuFault, Preempted
 from pykvm.emulator.features import FeatureCheck
@@ -105,6 +105,12 @@ class Emulator(SystemOps):
         self.breakpoints_armed = True
         self.breakpoint_hit: int | None = None
         self.breakpoint_observer = None
+        # The compiled tier (compiler.py): "tiered", "eager" or "interp"; after an exception
+        # out of a unit, the unit's instruction index and the instructions run before its block.
+        self.tier = compiler.default_tier()
+        self.fault_at = 0
+        self.fault_n = 0
+        self.units_compiled = 0
         self.reset_side_state()
         self._caches: dict[tuple, dict] = {}
         self.cached_instructions = 0   # instructions in the cached blocks (CODE_CACHE_LIMIT)
@@ -189,6 +195,9 @@ class Emulator(SystemOps):
         for cache in self._caches.values():
             for blk in cache.values():
                 blk.valid = False
+                if blk.units:
+                    for unit in blk.units:
+                        unit.valid = False
             cache.clear()
         self.mmu.code_pages.clear()
         self.mmu.code_lines.clear()
@@ -226,6 +235,14 @@ class Emulator(SystemOps):
         """Forget one translated block."""
         blk.valid = False
         blk.fns.clear()
+        if blk.units:
+            for unit in blk.units:
+                unit.valid = False
+                for other in unit.blocks:
+                    if other.unit is unit:
+                        other.unit = None
+        blk.unit = None
+        blk.partial = None
         if blk.cache is not None and blk.cache.get(blk.key) is blk:
             del blk.cache[blk.key]
         self._unindex(blk)
@@ -342,6 +359,7 @@ class Emulator(SystemOps):
         for i in range(blk.n):
             address = (base + blk.eips[i]) & 0xFFFFFFFF
             if address in self.breakpoints:
+                blk.guarded = True
                 if i < last:
                     blk.fns[i] = self._guard(blk.fns[i], address)
                 else:
@@ -366,13 +384,67 @@ class Emulator(SystemOps):
                 self.flush_blocks()
             old = self.cache.get(lin)
             if old is not None:             # the same linear address under another CS base
-                old.valid = False
-                self._unindex(old)
+                self._discard_block(old)
             blk.key = lin
             blk.cache = self.cache
             self.cache[lin] = blk
             self._index(blk)
         return blk
+
+    # -- the compiled tier --------------------------------------------------------------------
+    def _compile_block(self, blk) -> None:
+        """A block ran often enough: one function for the whole block from now on."""
+        if blk.recipes is None or blk.guarded or not blk.valid or blk.key is None:
+            return
+        blk.unit = compiler.compile_unit(self, [blk])
+        self.units_compiled += 1
+
+    def _eager_unit(self, blk, count: int):
+        """The ``eager`` tier's unit for the first ``count`` instructions of ``blk``."""
+        if count >= blk.n:
+            if blk.unit is None:
+                self._compile_block(blk)
+            return blk.unit
+        if blk.partial is None:
+            blk.partial = {}
+        unit = blk.partial.get(count)
+        if unit is None:
+            unit = blk.partial[count] = compiler.compile_unit(self, [blk], count)
+            unit.hits = -1 << 60          # a prefix never grows into a region
+        return unit
+
+    def _compile_region(self, blk) -> None:
+        """A block unit ran often enough: one function for it and the hot blocks it reaches by
+        near branches and fall-throughs (local dispatch between them)."""
+        unit = blk.unit
+        if unit is not None:
+            unit.hits = -1 << 60               # decided once
+        if not compiler.region_member(blk):
+            return
+        cache = self.cache
+        base = (blk.key - blk.eip) & 0xFFFFFFFF
+        members = [blk]
+        seen = {blk.eip}
+        size = blk.n
+        k = 0
+        while k < len(members) and len(members) < compiler.REGION_BLOCKS:
+            for eip in members[k].succ:
+                if eip in seen:
+                    continue
+                seen.add(eip)
+                other = cache.get((base + eip) & 0xFFFFFFFF)
+                if (other is None or other.eip != eip or other.unit is None and other.hits < 2
+                        or not compiler.region_member(other) or size + other.n > compiler.REGION_INSTRUCTIONS):
+                    continue
+                members.append(other)
+                size += other.n
+            k += 1
+        if len(members) < 2 and blk.eip not in blk.succ:
+            return                             # neither a loop nor a way to one
+        region = compiler.compile_unit(self, members, region=True)
+        region.hits = -1 << 60
+        blk.unit = region
+        self.units_compiled += 1
 
     # -- execution --------------------------------------------------------------------------
     def step(self) -> None:
@@ -402,6 +474,10 @@ class Emulator(SystemOps):
         if st.rflags & FLAG_VM:
             raise EmulationError("virtual-8086 mode is not supported", rip=self.linear_rip())
         sbase = self.mmu.sbase
+        tier = self.tier
+        eager = tier == "eager"
+        block_at, region_at = ((compiler.BLOCK_AT, compiler.REGION_AT) if tier == "tiered"
+                               else (0, 2) if eager else (0, 0))
         done = 0
         self.stop = False
         self.shadow = False
@@ -431,14 +507,39 @@ class Emulator(SystemOps):
                 i = -1
                 # EFLAGS.TF: one instruction at a time, each followed by a #DB trap.
                 tf = st.rflags & FLAG_TF
+                unit = blk.unit
                 try:
-                    if n <= limit and (not tf or n == 1):
+                    if unit is not None and n <= limit and not tf:
+                        try:
+                            done += unit.fn(limit, st.rflags & FLAG_IF)
+                        except BaseException:
+                            blk, i = unit.where[self.fault_at]
+                            done += self.fault_n
+                            raise
+                        unit.hits += 1
+                        if unit.hits == region_at:
+                            self._compile_region(blk)
+                    elif eager and blk.recipes is not None and not blk.guarded and blk.key is not None:
+                        unit = self._eager_unit(blk, n if n <= limit and not tf else 1 if tf else limit)
+                        try:
+                            done += unit.fn(limit, st.rflags & FLAG_IF)
+                        except BaseException:
+                            blk, i = unit.where[self.fault_at]
+                            done += self.fault_n
+                            raise
+                        unit.hits += 1
+                        if unit.hits == region_at:
+                            self._compile_region(blk)
+                    elif n <= limit and (not tf or n == 1):
                         for i, f in enumerate(fns):
                             f()
                         if blk.valid:
                             i = n - 1
                             st.rip = blk.term()
                             done += n
+                            blk.hits += 1
+                            if blk.hits == block_at:
+                                self._compile_block(blk)
                         else:
                             # Self-modifying code: instruction i rewrote this block; stop after it.
                             st.rip = blk.eips[i + 1]

@@ -20,6 +20,11 @@ from pykvm.errors import EmulationError
 from pykvm.x86.bits import CR0_EM, CR0_TS, CR4_OSFXSR, CR4_OSXSAVE, EXC_GP, EXC_NM, EXC_UD
 
 MAX_BLOCK = 64
+# Terminal instructions after which a block may join a region (compiler.py): near transfers
+# whose templates end in one ``return`` and change nothing but registers, flags and memory.
+_REGION_BRANCHES = frozenset(getattr(X.Mnemonic, name) for name in (
+    "JA", "JAE", "JB", "JBE", "JCXZ", "JE", "JECXZ", "JG", "JGE", "JL", "JLE", "JMP", "JNE", "JNO", "JNP",
+    "JNS", "JO", "JP", "JS", "CALL", "RET", "LOOP", "LOOPE", "LOOPNE"))
 LEGACY = X.EncodingKind.LEGACY
 _FORMATTER = X.Formatter(X.FormatterSyntax.INTEL)
 
@@ -30,11 +35,19 @@ class Block:
     ``fns`` are the closures of all but the last instruction (they return nothing);
     ``term`` is the last one and returns the next EIP. ``eips[i]`` is the EIP of
     instruction ``i`` and ``eips[n]`` the EIP after the block when it falls through.
+
+    For the compiled tier (``compiler.py``): ``recipes[i]`` is how instruction ``i`` was
+    made, ``(template body, constants)`` or ``(None, closure)``; ``fall`` the EIP the block
+    falls through to (its last instruction does not branch), else None; ``branch`` whether it
+    ends in a near branch (JMP/Jcc/CALL/RET/LOOP/JCXZ) or falls through, so it may join a
+    region; ``hits`` counts runs through the closures, ``unit`` is the compiled function that
+    starts here and ``units`` every compiled unit holding this block (dropped with it).
     """
 
-    __slots__ = ("fns", "term", "eips", "n", "valid", "key", "cache", "eip", "pages", "ranges")
+    __slots__ = ("fns", "term", "eips", "n", "valid", "key", "cache", "eip", "pages", "ranges",
+                 "recipes", "fall", "branch", "hits", "unit", "units", "guarded", "partial", "succ")
 
-    def __init__(self, fns, term, eips, eip, pages, ranges=()):
+    def __init__(self, fns, term, eips, eip, pages, ranges=(), recipes=None, fall=None, branch=False):
         self.fns = fns
         self.term = term
         self.eips = eips
@@ -45,6 +58,15 @@ class Block:
         self.eip = eip
         self.pages = pages
         self.ranges = ranges   # (physical page, first offset, end offset) of the block's bytes
+        self.recipes = recipes
+        self.fall = fall
+        self.branch = branch
+        self.hits = 0
+        self.unit = None
+        self.units = None
+        self.guarded = False
+        self.partial = None    # compiled prefixes (instruction count -> unit), eager tier only
+        self.succ = ()         # EIPs a near branch or fall-through goes to (known at translation)
 
 
 def _raiser(exc_factory):
@@ -160,6 +182,9 @@ def translate_block(emu, lin: int, eip: int) -> tuple[Block, bool]:
     ins = X.Instruction()
     fns = []
     eips = []
+    recipes = []
+    branch = False
+    succ = None
     used_second_page = False
     first_page_room = 0x1000 - (lin & 0xFFF)
     term = None
@@ -189,9 +214,11 @@ def translate_block(emu, lin: int, eip: int) -> tuple[Block, bool]:
                 fault = deferred or CpuFault(EXC_GP, 0)
                 eips.append(here)
                 term = _raiser(lambda: fault)
+                recipes.append((None, term))
                 break
             eips.append(here)
             term = _raiser(lambda: CpuFault(EXC_UD))
+            recipes.append((None, term))
             break
         start = decoder.position - ins.len
         end = decoder.position
@@ -201,8 +228,9 @@ def translate_block(emu, lin: int, eip: int) -> tuple[Block, bool]:
         raw = data[start:end]
         recipe = shapes.get(raw)
         if recipe is not None:
-            factory, arg = recipe
+            factory, arg, body = recipe
             fns.append(factory(emu, arg) if factory is not None else arg)
+            recipes.append((body, arg))
             if len(fns) >= MAX_BLOCK:
                 break
             continue
@@ -221,36 +249,51 @@ def translate_block(emu, lin: int, eip: int) -> tuple[Block, bool]:
             fn = handler(g)
             if fn is None:
                 fn = g.build(emu)
-                recipe = (g.factory, g.args)
+                recipe = (g.factory, g.args, g.body)
             else:
-                recipe = (None, fn)
+                recipe = (None, fn, None)
         except Invalid:
             term = _raiser(lambda: CpuFault(EXC_UD))
+            recipes.append((None, term))
             break
         except Unsupported as e:
             msg = f"cannot emulate {codegen.MNEMONIC_NAMES.get(ins.mnemonic, '?').lower()}: {e}"
             err = EmulationError(msg, rip=(emu.mmu.sbase[1] + ins_eip) & 0xFFFFFFFF,
                                  code=data[start:decoder.position], mnemonic=describe(ins))
             term = _unimplemented(emu, ins, err)
+            recipes.append((None, term))
             break
+        recipes.append((recipe[2], recipe[1]))
         if g.terminal:
             term = fn
+            branch = ins.mnemonic in _REGION_BRANCHES
+            if branch:
+                succ = []
+                if ins.op0_kind in (X.OpKind.NEAR_BRANCH16, X.OpKind.NEAR_BRANCH32):
+                    succ.append(ins.near_branch_target)
+                if ins.mnemonic not in (X.Mnemonic.JMP, X.Mnemonic.RET):
+                    succ.append(g.next_eip)
             break
         if len(shapes) < 50_000:
             shapes[raw] = recipe
         fns.append(fn)
         if len(fns) >= MAX_BLOCK:
             break
+    fall = None
     if term is None:
         if not fns:
             fault = deferred or CpuFault(EXC_GP, 0)
             eips.append(eip)
             term = _raiser(lambda: fault)
+            recipes.append((None, term))
         else:
             # Fell through: the last instruction becomes the terminal one.
             last = fns.pop()
             nxt = (eip + end) & emask
             eips.append(nxt)
+            fall = nxt
+            branch = True
+            succ = [nxt]
 
             def term(last=last, nxt=nxt):
                 last()
@@ -265,4 +308,7 @@ def translate_block(emu, lin: int, eip: int) -> tuple[Block, bool]:
         ranges.append((pages[0], first, min(0x1000, first + end) if end else first + 1))
         if len(pages) > 1:
             ranges.append((pages[1], 0, end - first_page_room))
-    return Block(fns, term, eips, eip, pages, ranges), cacheable
+    blk = Block(fns, term, eips, eip, pages, ranges, recipes, fall, branch)
+    if branch and succ:
+        blk.succ = tuple(succ)
+    return blk, cacheable
