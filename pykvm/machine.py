@@ -55,6 +55,10 @@ WINDOW_STEP_BUDGET = 1000
 # A flat image failing within this many emulated instructions (and KVM exits) gets the hint
 # that it may have been entered in the wrong mode (Machine._name_the_mode).
 FEW_INSTRUCTIONS = 64
+# Instructions one call of the emulator may run at most: --emul-batch is the bound that matters
+# (the emulator looks for events and device accesses every --emul-batch instructions and
+# returns for them); this one only keeps the counts small.
+EMULATOR_BUDGET = 1 << 30
 
 
 def describe_mode(state: CpuState) -> str:
@@ -467,8 +471,11 @@ class Machine:
         before = tracer.before(self) if tracer is not None else None
         started = time.perf_counter()
         try:
-            outcome, _ = pvm.handle_non_pvm_mode(emulator, self.emul_batch if tracer is None else 1, self.events,
-                                                 observer=self._mode_observer)
+            if tracer is None:
+                outcome, _ = pvm.handle_non_pvm_mode(emulator, EMULATOR_BUDGET, self.events,
+                                                     observer=self._mode_observer, batch=self.emul_batch)
+            else:
+                outcome, _ = pvm.handle_non_pvm_mode(emulator, 1, self.events, observer=self._mode_observer)
         finally:
             # The emulator's own count: a batch cut short by a debug-exit write still counts.
             self.stats.emulated_instructions = emulator.instructions_executed

@@ -81,7 +81,7 @@ class Events:
 
 
 def handle_non_pvm_mode(emulator, budget: int = DEFAULT_BATCH, events: Events | None = None,
-                        observer=None) -> tuple[Outcome, int]:
+                        observer=None, batch: int | None = None) -> tuple[Outcome, int]:
     """Emulate at most ``budget`` instructions of non-PVM mode; return (outcome, instructions executed).
 
     Mirrors the patch's loop: convert first if allowed; then per step, return if an
@@ -91,6 +91,10 @@ def handle_non_pvm_mode(emulator, budget: int = DEFAULT_BATCH, events: Events | 
     checking before every instruction. A switch to user mode in non-PVM mode is an
     emulation error, as in the patch. ``observer(state, done)``, if given, is called after
     each chunk (the machine logs mode transitions with it).
+
+    With ``batch`` the bound is checked by the emulator itself (``Emulator.run``): every
+    ``batch`` instructions it looks for an event or a device access, as this loop would, and
+    returns only for one; ``budget`` is then only an upper bound per call.
     """
     state = emulator.state
     if try_to_convert_to_pvm_mode(state):
@@ -101,11 +105,13 @@ def handle_non_pvm_mode(emulator, budget: int = DEFAULT_BATCH, events: Events | 
             return Outcome.EVENT_PENDING, done
         if try_to_convert_to_pvm_mode(state):
             return Outcome.CONVERTED, done
-        done += emulator.run(budget - done)
+        done += emulator.run(budget - done, batch) if batch else emulator.run(budget - done)
         if observer is not None:
             observer(state, done)
         if not is_supervisor(state):
             raise EmulationError("guest switched to user mode outside PVM mode", rip=state.rip)
         if state.halted:
             return Outcome.HALTED, done
+        if batch:
+            break               # the emulator returned for the run loop (or stopped): let it look
     return Outcome.BUDGET_USED, done

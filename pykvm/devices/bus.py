@@ -95,22 +95,32 @@ class _AddressSpace:
 
 
 class Bus:
-    """Port-I/O and MMIO address spaces of one machine."""
+    """Port-I/O and MMIO address spaces of one machine.
+
+    ``accesses`` counts the accesses made through these methods (the emulator's): a run loop
+    that lets the emulator go on past its batch (``Emulator.run(batch=...)``) looks at it to
+    know whether a device may want its attention (a timer reprogrammed, say).
+    """
 
     def __init__(self):
         self.pio = _AddressSpace("port")
         self.mmio = _AddressSpace("mmio")
+        self.accesses = 0
 
     def pio_read(self, port: int, size: int) -> int:
+        self.accesses += 1
         return self.pio.read(port, size)
 
     def pio_write(self, port: int, size: int, value: int) -> None:
+        self.accesses += 1
         self.pio.write(port, size, value)
 
     def mmio_read(self, addr: int, size: int) -> int:
+        self.accesses += 1
         return self.mmio.read(addr, size)
 
     def mmio_write(self, addr: int, size: int, value: int) -> None:
+        self.accesses += 1
         self.mmio.write(addr, size, value)
 
 

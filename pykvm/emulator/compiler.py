@@ -40,11 +40,15 @@ import ast
 import os
 import re
 import struct
+import time
 
 from pykvm.emulator import codegen
 
-BLOCK_AT = 200          # runs of a block through its closures before it is compiled
-REGION_AT = 2000        # runs of a block unit before a region is built from it
+BLOCK_AT = 200          # runs of a block through its closures before it is compiled ...
+REGION_AT = 2000        # ... and of a block unit before a region is built from it,
+HOT_WINDOW = 0.05       # each within this many seconds: a block run 100 times a second (a timer
+                        # loop) never pays for its compilation (~1 ms a block, a few ms a region),
+                        # and compiling it would only delay the guest at its next interrupt
 REGION_BLOCKS = 24      # blocks at most in a region
 REGION_INSTRUCTIONS = 400
 TIERS = ("tiered", "eager", "interp")
@@ -66,7 +70,7 @@ class Unit:
     and ``E.fault_n`` the instructions completed in earlier blocks.
     """
 
-    __slots__ = ("fn", "valid", "blocks", "where", "hits", "region", "source")
+    __slots__ = ("fn", "valid", "blocks", "where", "hits", "region", "source", "stamp")
 
     def __init__(self, blocks, where, region: bool):
         self.fn = None
@@ -76,6 +80,7 @@ class Unit:
         self.hits = 0
         self.region = region
         self.source = ""
+        self.stamp = time.perf_counter()
 
 
 # -- template analysis -------------------------------------------------------------------------

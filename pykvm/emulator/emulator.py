@@ -10,6 +10,7 @@ right after it. Faults raised by instructions are delivered through the IVT/IDT 
 from __future__ import annotations
 
 import os
+import time
 from typing import Callable
 
 import iced_x86 as X
@@ -377,6 +378,7 @@ class Emulator(SystemOps):
     # -- translation ------------------------------------------------------------------------
     def _translate(self, lin: int, eip: int):
         blk, cacheable = translate_block(self, lin, eip)
+        blk.stamp = time.perf_counter()
         if self.breakpoints:
             self._plant_breakpoints(blk, lin)
         if cacheable and blk.pages:
@@ -393,9 +395,16 @@ class Emulator(SystemOps):
 
     # -- the compiled tier --------------------------------------------------------------------
     def _compile_block(self, blk) -> None:
-        """A block ran often enough: one function for the whole block from now on."""
+        """A block ran often enough: one function for the whole block from now on (in the
+        tiered mode only if those runs came quickly: ``compiler.HOT_WINDOW``)."""
         if blk.recipes is None or blk.guarded or not blk.valid or blk.key is None:
             return
+        if self.tier == "tiered":
+            now = time.perf_counter()
+            if now - blk.stamp > compiler.HOT_WINDOW:
+                blk.hits = 0
+                blk.stamp = now
+                return
         blk.unit = compiler.compile_unit(self, [blk])
         self.units_compiled += 1
 
@@ -418,6 +427,12 @@ class Emulator(SystemOps):
         near branches and fall-throughs (local dispatch between them)."""
         unit = blk.unit
         if unit is not None:
+            if self.tier == "tiered":
+                now = time.perf_counter()
+                if now - unit.stamp > compiler.HOT_WINDOW * compiler.REGION_AT / compiler.BLOCK_AT:
+                    unit.hits = 0
+                    unit.stamp = now
+                    return
             unit.hits = -1 << 60               # decided once
         if not compiler.region_member(blk):
             return
@@ -451,8 +466,15 @@ class Emulator(SystemOps):
         """Execute exactly one instruction (delivering any exception it raises)."""
         self.run(1)
 
-    def run(self, max_instructions: int) -> int:
+    def run(self, max_instructions: int, batch: int | None = None) -> int:
         """Execute up to ``max_instructions``; return how many ran.
+
+        With ``batch``, every ``batch`` instructions (checked when a block or region ends) the
+        emulator looks at what its caller's run loop would look at between batches, and
+        returns only if there is something: an event (``events.pending``: Ctrl-C, --timeout, a
+        timer's signal) or a device access since the last look (``bus.accesses``: a device
+        may have set a new timer deadline). So the bound costs a comparison per block, not a
+        return to the run loop and a new call per batch.
 
         Returns early right after HLT, any CS load (far transfers, IRET, exception
         delivery), control-register/EFER writes and CPL changes, and after delivering an
@@ -483,8 +505,16 @@ class Emulator(SystemOps):
         self.shadow = False
         blk = None
         i = 0
+        bus, events = self.bus, self.events
+        check_at = batch if batch else max_instructions
+        seen = bus.accesses
         try:
             while done < max_instructions:
+                if done >= check_at:
+                    if (events is not None and events.pending) or bus.accesses != seen:
+                        break
+                    seen = bus.accesses
+                    check_at = done + batch
                 limit = max_instructions - done
                 if self.intr_pending and st.rflags & FLAG_IF:
                     if not st.interrupt_shadow:
@@ -510,8 +540,10 @@ class Emulator(SystemOps):
                 unit = blk.unit
                 try:
                     if unit is not None and n <= limit and not tf:
+                        left = check_at - done
                         try:
-                            done += unit.fn(limit, st.rflags & FLAG_IF)
+                            done += unit.fn(left if n <= left <= limit else n if left < n else limit,
+                                            st.rflags & FLAG_IF)
                         except BaseException:
                             blk, i = unit.where[self.fault_at]
                             done += self.fault_n

@@ -45,7 +45,7 @@ class Block:
     """
 
     __slots__ = ("fns", "term", "eips", "n", "valid", "key", "cache", "eip", "pages", "ranges",
-                 "recipes", "fall", "branch", "hits", "unit", "units", "guarded", "partial", "succ")
+                 "recipes", "fall", "branch", "hits", "unit", "units", "guarded", "partial", "succ", "stamp")
 
     def __init__(self, fns, term, eips, eip, pages, ranges=(), recipes=None, fall=None, branch=False):
         self.fns = fns
@@ -67,6 +67,7 @@ class Block:
         self.guarded = False
         self.partial = None    # compiled prefixes (instruction count -> unit), eager tier only
         self.succ = ()         # EIPs a near branch or fall-through goes to (known at translation)
+        self.stamp = 0.0       # when ``hits`` started counting (time.perf_counter)
 
 
 def _raiser(exc_factory):
