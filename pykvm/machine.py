@@ -16,7 +16,6 @@ import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import BinaryIO
 
 from pykvm import pvm
 from pykvm.control import RunControl

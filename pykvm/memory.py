@@ -79,9 +79,13 @@ class GuestMemory:
     @property
     def host_address(self) -> int:
         """The host virtual address of the mapping, for KVM_SET_USER_MEMORY_REGION."""
-        import ctypes
+        from pykvm.kvm._ffi import ffi
 
-        return ctypes.addressof(ctypes.c_char.from_buffer(self._map))
+        buffer = ffi.from_buffer(self._map)
+        try:
+            return int(ffi.cast("uintptr_t", buffer))
+        finally:
+            ffi.release(buffer)
 
     # -- checked access ---------------------------------------------------------------------
     def contains(self, gpa: int, length: int = 1) -> bool:

@@ -16,7 +16,6 @@ Timers run on CLOCK_MONOTONIC, never on instruction counts.
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
 
 from pykvm.devices.pic import Pic
 from pykvm.devices.pit import Pit

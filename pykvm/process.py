@@ -170,9 +170,12 @@ def main() -> None:
     error = None
     status = 0
     try:
-        from pykvm.cli import main as cli
+        from pykvm import quickrun
 
-        cli.main(prog_name="pykvm")
+        if not quickrun.main(sys.argv[1:]):       # a plain `pykvm run` starts without click
+            from pykvm.cli import main as cli
+
+            cli.main(prog_name="pykvm")
     except Stop:
         pass                            # importing or parsing: _stop_signum says which
     except ErrorExit as e:

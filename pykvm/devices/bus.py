@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-from typing import Protocol
 
 from pykvm.errors import PykvmError
 
@@ -25,7 +24,9 @@ log = logging.getLogger(__name__)
 _MISS = object()  # a cache miss, as opposed to a cached "nobody claims this address" (None)
 
 
-class Device(Protocol):
+class Device:
+    """What the bus expects of a device (documentation: devices need not inherit it)."""
+
     def read(self, offset: int, size: int) -> int: ...
 
     def write(self, offset: int, size: int, value: int) -> None: ...

@@ -38,7 +38,6 @@ is called whenever INTR changes.
 from __future__ import annotations
 
 import logging
-from typing import Callable
 
 from pykvm.devices.bus import ByteRegisters
 

@@ -56,7 +56,6 @@ OUT, which an edge-triggered IRQ 0 (IRQ 0 is always edge on PIIX) cannot see.
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 from pykvm.devices.bus import ByteRegisters
 from pykvm.devices.timed import TimedDevice

@@ -47,7 +47,6 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta
-from typing import Callable
 
 from pykvm.devices.bus import ByteRegisters
 from pykvm.devices.timed import TimedDevice

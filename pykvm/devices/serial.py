@@ -36,7 +36,6 @@ import errno
 import io
 import os
 from collections import deque
-from typing import BinaryIO, Callable, Union
 
 from pykvm.errors import output_error
 
@@ -96,7 +95,8 @@ _MSR_CONNECTED = MSR_CTS | MSR_DSR | MSR_DCD
 _FIFO_DEPTH = 16
 _FLUSH_THRESHOLD = 4096
 
-Output = Union[BinaryIO, Callable[[bytes], object], None]
+# What the UART writes to (in annotations only, so typing is not imported at run time).
+Output = "BinaryIO | Callable[[bytes], object] | None"
 
 
 def _writer(output: Output) -> tuple[Callable[[bytes], object], Callable[[], object]]:

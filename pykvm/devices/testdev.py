@@ -23,7 +23,6 @@ kvm-unit-tests' x86 suites expect this device on a PC (QEMU's
 from __future__ import annotations
 
 import logging
-from typing import Callable
 
 from pykvm.devices.bus import ByteRegisters
 

@@ -8,7 +8,6 @@ one comparison until the deadline passes and then raises what fell due.
 
 from __future__ import annotations
 
-from typing import Callable
 
 
 class TimedDevice:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import importlib
+
 from pykvm.errors import BadInputError
-from pykvm.loaders import bootsector, elf, flat, multiboot, multiboot2, pvh
 from pykvm.loaders.image import BootImage
 
 FORMATS = ("auto", "flat", "bootsector", "elf", "multiboot", "multiboot2", "pvh")
-KERNELS = {"multiboot": multiboot, "multiboot2": multiboot2, "pvh": pvh}
+KERNELS = ("multiboot", "multiboot2", "pvh")
+ELF_MAGIC = b"\x7fELF"
+# Where each kernel header's magic must be (the module's own check is the exact one): a format
+# whose magic is absent is not imported at all (a flat image needs no ELF or Multiboot parser).
+MULTIBOOT_MAGIC, MULTIBOOT_SEARCH = (0x1BADB002).to_bytes(4, "little"), 8192
+MULTIBOOT2_MAGIC, MULTIBOOT2_SEARCH = (0xE85250D6).to_bytes(4, "little"), 32768
+
+
+def _loader(fmt: str):
+    return importlib.import_module(f"pykvm.loaders.{fmt}")
 
 
 def detect(data: bytes) -> str:
@@ -16,15 +26,16 @@ def detect(data: bytes) -> str:
     win over plain ELF: such kernels are often ELF files; a kernel with both headers is loaded
     the way GRUB's ``multiboot2`` would), then ELF magic, then a 512-byte sector ending in 55AA;
     anything else is flat."""
-    if pvh.has_entry_note(data):
+    is_elf = data[:4] == ELF_MAGIC
+    if is_elf and _loader("pvh").has_entry_note(data):
         return "pvh"
-    if multiboot2.find_header(data) is not None:
+    if MULTIBOOT2_MAGIC in data[:MULTIBOOT2_SEARCH] and _loader("multiboot2").find_header(data) is not None:
         return "multiboot2"
-    if multiboot.find_header(data) is not None:
+    if MULTIBOOT_MAGIC in data[:MULTIBOOT_SEARCH] and _loader("multiboot").find_header(data) is not None:
         return "multiboot"
-    if elf.is_elf(data):
+    if is_elf and _loader("elf").is_elf(data):
         return "elf"
-    if bootsector.is_bootsector(data):
+    if _loader("bootsector").is_bootsector(data):
         return "bootsector"
     return "flat"
 
@@ -42,17 +53,16 @@ def load(memory, data: bytes, format: str = "auto", mode: str | None = None, loa
     data = bytes(data)
     fmt = detect(data) if format == "auto" else format
     if format == "auto" and fmt == "bootsector" and (mode not in (None, "real") or
-                                                     load_addr not in (None, bootsector.LOAD_ADDR)):
+                                                     load_addr not in (None, _loader("bootsector").LOAD_ADDR)):
         # A 512-byte image that merely ends in 55AA, given a flat image's options: the user means flat.
         fmt = "flat"
     if fmt not in FORMATS[1:]:
         raise BadInputError(f"unknown image format {format!r} (expected one of {', '.join(FORMATS)})")
     if fmt in KERNELS:
-        return KERNELS[fmt].load(memory, data, mode=mode, load_addr=load_addr, entry=entry, cmdline=cmdline,
+        return _loader(fmt).load(memory, data, mode=mode, load_addr=load_addr, entry=entry, cmdline=cmdline,
                                  modules=modules)
     if cmdline:
         raise BadInputError(f"a kernel command line only applies to multiboot and PVH kernels, not {fmt}")
     if modules:
         raise BadInputError(f"modules only apply to multiboot and PVH kernels, not {fmt}")
-    loader = {"flat": flat, "bootsector": bootsector, "elf": elf}[fmt]
-    return loader.load(memory, data, mode=mode, load_addr=load_addr, entry=entry)
+    return _loader(fmt).load(memory, data, mode=mode, load_addr=load_addr, entry=entry)
