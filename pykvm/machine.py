@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 import weakref
@@ -20,7 +21,7 @@ from functools import cached_property
 from pykvm import pvm
 from pykvm.control import RunControl
 from pykvm.cpuid import CpuidTable, vcpu_cpuid
-from pykvm.devices import debug_exit
+from pykvm.devices import debug_exit, postcode
 from pykvm.devices.bus import Bus
 from pykvm.devices.debug_exit import DebugExit, GuestExit
 from pykvm.devices.serial import Serial16550
@@ -29,8 +30,9 @@ from pykvm.errors import EmulationError, GuestShutdownError, HostError, PykvmErr
 from pykvm.kvm import Kvm
 from pykvm.kvm._owned import warn_unclosed
 from pykvm.kvm.cpu_state import SYNCED_MSRS, load_state, state_from_kvm, store_state
-from pykvm.kvm.exits import IO_HEADER, IO_HEADER_OFFSET, IO_STRUCTS, ExitReason
-from pykvm.kvm.vcpu import SYNC_CS_L_BYTE, SYNC_EFER_LMA_BYTE, MsrBackend
+from pykvm.kvm.exits import (EXIT_HEADER, EXIT_HEADER_OFFSET, EXIT_KEY, EXIT_KEY_SHIFT, EXIT_OUT, EXIT_PVM, EXIT_REASON,
+                              EXIT_SIMPLE, IO_STRUCTS, PIO_DATA, ExitReason)
+from pykvm.kvm.vcpu import MsrBackend
 from pykvm.devices.rom import Rom
 from pykvm.devices.testdev import IOMEM_BASE, IOMEM_SIZE
 from pykvm.memory import GuestMemory, MemoryDevice, PhysicalView, RamMappingError
@@ -122,7 +124,7 @@ class Machine:
 
     def __init__(self, memory_size: int = DEFAULT_MEMORY, serial_output: BinaryIO | None = None,
                  emulator: str = "userspace", emul_batch: int = pvm.DEFAULT_BATCH, kvm_path: str = "/dev/kvm",
-                 testdev: bool = False, bios: bytes | None = None):
+                 testdev: bool = False, bios: bytes | None = None, coalesce: bool | None = None):
         if emulator not in EMULATORS:
             raise ValueError(f"emulator must be one of {EMULATORS}")
         if emul_batch < 1:
@@ -160,6 +162,9 @@ class Machine:
             if self.high_memory is not None:
                 self.bus.mmio.register(self.high_memory.base, self.high_memory.size, MemoryDevice(self.high_memory))
             self.platform = PcPlatform(self.bus, self.memory_map, testdev=testdev)
+            self._ring = None
+            if coalesce if coalesce is not None else os.environ.get("PYKVM_COALESCE", "1") != "0":
+                self._coalesce()
         except BaseException:
             self.close()
             raise
@@ -230,6 +235,23 @@ class Machine:
         for memory in (getattr(self, "memory", None), self.high_memory, self.rom and self.rom.memory):
             if memory is not None:
                 memory.close()
+
+    def _coalesce(self) -> None:
+        """Let KVM queue the writes that need no answer instead of exiting for each: port 0x80
+        (POST codes, the I/O delay Linux and BIOSes write) and a ROM's MMIO ranges (where writes
+        are dropped and only logged). They are replayed in order at the next exit
+        (``_drain_coalesced``), before that exit is handled, so every device still sees the
+        guest's accesses in the guest's order; a read of port 0x80 exits, and so finds the last
+        code written. Nothing is coalesced where the host does not offer it."""
+        registered = self.vm.register_coalesced(postcode.PORT, 1, pio=True)
+        if self.rom is not None:
+            for gpa, _offset, size in self.rom.slots:
+                registered = self.vm.register_coalesced(gpa, size, pio=False) or registered
+        if registered:
+            self._ring = self.vcpu.coalesced_ring()
+
+    def _drain_coalesced(self) -> None:
+        self._ring.drain(self.bus.pio.write, self.bus.mmio.write)
 
     @property
     def cpuid_signature(self) -> int:
@@ -315,6 +337,8 @@ class Machine:
 
     def _leave_kvm(self) -> None:
         """Take the vCPU back from KVM for the userspace emulator (state from the sync-regs area)."""
+        if self._ring is not None and self._ring.pending():
+            self._drain_coalesced()
         sync = self.vcpu.sync_regs
         self.state = state_from_kvm(sync.regs, sync.sregs, self.vcpu.get_msrs(SYNCED_MSRS), self.state)
         self.in_pvm_mode = False
@@ -503,55 +527,83 @@ class Machine:
     def _run_kvm(self) -> int | None:
         """KVM_RUN until something needs the run loop's attention; port I/O is handled inline.
 
-        This is the exit hot path: one ioctl, one unpack of the I/O header straight from
-        the mmap'd ``kvm_run``, one bus dispatch; no records, no allocation beyond ints.
+        This is the exit hot path: one ioctl (cffi API mode), one unpack of the exit header
+        straight from the mmap'd ``kvm_run`` (the reason and the I/O fields at once), one call
+        of the port's own handler (``writers``/``readers``, cached per port); no records, no
+        allocation beyond ints. Writes KVM coalesced (``_coalesce``) are replayed first at
+        every exit, so devices see every access in the guest's order.
         """
         vcpu = self.vcpu
-        ioctl, fd, run_request, run_arg = vcpu.run_call()
+        run_exit, fd, run_arg = vcpu.exit_call()
         kvm_run = vcpu.kvm_run
         view = vcpu._view
         view_len = len(view)
-        read_io_header = IO_HEADER.unpack_from
+        read_header = EXIT_HEADER.unpack_from
         pio = self.bus.pio
+        writers, readers = pio.writers, pio.readers
+        ring = self._ring
         stats = self.stats
         events = self.events
         check_mode = self.emulator_kind == "userspace"
         exits = 0
-        lma_byte, cs_l_byte = SYNC_EFER_LMA_BYTE, SYNC_CS_L_BYTE
         tracer = self.exit_tracer
         if tracer is None and log.isEnabledFor(logging.DEBUG):  # -vv: every exit
             tracer = self._log_exit
         elif tracer is not None:
-            ioctl = tracer.timed(ioctl)     # --trace: time spent inside KVM_RUN itself
+            run_exit = tracer.timed(run_exit)     # --trace: time spent inside KVM_RUN itself
         pic = self.platform.pic
         started = time.perf_counter()
         halted = stats.halted_seconds
         try:
             while not events.pending:
                 if pic.intr:
+                    if exits:
+                        self._sync_valid = True
                     status = self._inject(kvm_run)
                     if status is not None:
                         return status
-                elif kvm_run.request_interrupt_window:
+                elif view[0]:                 # kvm_run.request_interrupt_window
                     kvm_run.request_interrupt_window = 0
                     self._end_hold_off()
-                if ioctl(fd, run_request, run_arg) < 0:
-                    vcpu.run_failed()
-                self._sync_valid = True
-                reason = kvm_run.exit_reason
+                r = run_exit(fd, run_arg)
                 exits += 1
-                if reason == _EXIT_IO:
-                    direction, size, port, count, off = read_io_header(view, IO_HEADER_OFFSET)
+                if r < 0:
+                    vcpu.run_failed(-r)
+                    r = _EXIT_INTR | EXIT_PVM
+                if ring is not None and ring.pending():
+                    self._drain_coalesced()
+                if r & EXIT_SIMPLE:           # port I/O, one element: the port's own handler
+                    key = r >> EXIT_KEY_SHIFT & EXIT_KEY
+                    if key & 7 == 1:
+                        if r & EXIT_OUT:
+                            (writers.get(key) or pio.writer(key >> 3, 1))(view[PIO_DATA])
+                        else:
+                            view[PIO_DATA] = (readers.get(key) or pio.reader(key >> 3, 1))() & 0xFF
+                    elif r & EXIT_OUT:
+                        (writers.get(key) or pio.writer(key >> 3, key & 7))(
+                            IO_STRUCTS[key & 7].unpack_from(view, PIO_DATA)[0])
+                    else:
+                        IO_STRUCTS[key & 7].pack_into(view, PIO_DATA, (readers.get(key) or pio.reader(key >> 3, key & 7))())
+                    if tracer is not None:
+                        tracer(_EXIT_IO)
+                    # Still 64-bit long mode (the common case) is one bit; anything else gets
+                    # the full rule, and the emulator if the vCPU left PVM mode.
+                    if check_mode and not r & EXIT_PVM and self._kvm_in_non_pvm_mode():
+                        self._sync_valid = True
+                        vcpu.complete_pending_io()
+                        self._leave_kvm()
+                        return None
+                    continue
+                reason = r & EXIT_REASON
+                if reason == EXIT_REASON:
+                    reason = kvm_run.exit_reason
+                if reason == _EXIT_IO:        # several elements (INS/OUTS), or data elsewhere
+                    _, direction, size, port, count, off = read_header(view, EXIT_HEADER_OFFSET)
                     st = IO_STRUCTS.get(size)
                     if st is None or off + size * count > view_len:
                         raise EmulationError(f"KVM reported {count}x{size}-byte I/O data at {off:#x} "
                                              "outside kvm_run")
-                    if count == 1:
-                        if direction:
-                            pio.write(port, size, st.unpack_from(view, off)[0])
-                        else:
-                            st.pack_into(view, off, pio.read(port, size))
-                    elif direction:
+                    if direction:
                         for i in range(count):
                             pio.write(port, size, st.unpack_from(view, off + i * size)[0])
                     else:
@@ -559,13 +611,13 @@ class Machine:
                             st.pack_into(view, off + i * size, pio.read(port, size))
                     if tracer is not None:
                         tracer(reason)
-                    # Still 64-bit long mode (the common case) is two byte reads; anything else
-                    # gets the full rule, and the emulator if the vCPU left PVM mode.
-                    if check_mode and not (view[lma_byte] & 4 and view[cs_l_byte]) and self._kvm_in_non_pvm_mode():
+                    if check_mode and not r & EXIT_PVM and self._kvm_in_non_pvm_mode():
+                        self._sync_valid = True
                         vcpu.complete_pending_io()
                         self._leave_kvm()
                         return None
                     continue
+                self._sync_valid = True
                 stats.other_exits[reason] += 1
                 exit_ = vcpu.exit_record(reason)
                 if reason == _EXIT_MMIO:
@@ -606,6 +658,8 @@ class Machine:
                 return self._fatal_exit(exit_)
             return None
         finally:
+            if exits:
+                self._sync_valid = True
             stats.kvm_exits += exits
             stats.kvm_seconds += time.perf_counter() - started - (stats.halted_seconds - halted)
 

@@ -5,7 +5,8 @@
  * 0x500, identity 2 MiB pages from 0x1000, CS.L=1, CR0 0x80050033, CR4.PAE,
  * EFER LME|LMA|SCE), loads a flat image at 0x100000, enables the same sync-regs
  * mask, and loops on KVM_RUN handling port-I/O exits until HLT. Prints
- * "<exits> <seconds>" so the Python side can compute the ratio.
+ * "<exits> <seconds> <sink> <CPU seconds>" (the loop's wall and CPU time, user + system) so
+ * the Python side can compute the ratios.
  *
  * usage: bench_exits IMAGE MEMORY_BYTES
  */
@@ -18,6 +19,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -89,7 +91,9 @@ int main(int argc, char **argv) {
     run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS;
 
     struct timespec t0, t1;
+    struct rusage r0, r1;
     unsigned long exits = 0, sink = 0;
+    getrusage(RUSAGE_SELF, &r0);
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (;;) {
         if (ioctl(vcpu, KVM_RUN, 0) < 0) {
@@ -108,7 +112,10 @@ int main(int argc, char **argv) {
         return 1;
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
+    getrusage(RUSAGE_SELF, &r1);
     double secs = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
-    printf("%lu %.6f %lu\n", exits, secs, sink);
+    double cpu = (r1.ru_utime.tv_sec - r0.ru_utime.tv_sec) + (r1.ru_utime.tv_usec - r0.ru_utime.tv_usec) / 1e6
+               + (r1.ru_stime.tv_sec - r0.ru_stime.tv_sec) + (r1.ru_stime.tv_usec - r0.ru_stime.tv_usec) / 1e6;
+    printf("%lu %.6f %lu %.6f\n", exits, secs, sink, cpu);
     return 0;
 }

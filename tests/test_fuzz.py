@@ -135,7 +135,7 @@ def test_a_stop_signal_at_any_moment_ends_as_documented(tmp_path_factory, signum
     path = tmp_path_factory.mktemp("fuzz") / "spin.bin"
     path.write_bytes(SPIN)
     proc = start("run", str(path), "--mode", mode, importtime=True)
-    wait_for_line(proc, "click")
+    wait_for_line(proc, "pykvm.quickrun")
     time.sleep(delay)
     proc.send_signal(signum)
     sent = time.monotonic()

@@ -33,7 +33,7 @@ def test_hello64_prints_and_exits_through_the_debug_port():
 def test_exits64_makes_one_exit_per_out_and_halts_cleanly():
     data = bytearray(build_guest("exits64").read_bytes())
     struct.pack_into("<Q", data, build_script().COUNT_OFFSET, 1000)
-    status, _, stats = run_image(bytes(data))
+    status, _, stats = run_image(bytes(data), coalesce=False)
     assert status == 0
     assert stats.kvm_exits >= 1000
 

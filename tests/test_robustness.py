@@ -57,8 +57,8 @@ def finish(proc: subprocess.Popen, timeout: float) -> tuple[bytes, bytes]:
 
 def wait_for_line(proc: subprocess.Popen, marker: str) -> None:
     """Read stderr until a line holds ``marker``: with ``-v``, "mode: real mode" says the guest
-    runs; with ``importtime``, "click" says pykvm's own signal handling is in place and the CLI
-    is still being imported."""
+    runs; with ``importtime``, "pykvm.quickrun" says pykvm's own signal handling is in place and
+    the command line is still being started (quickrun is the first module main() imports)."""
     deadline = time.monotonic() + 30
     while marker not in (line := proc.stderr.readline().decode()):
         if not line or time.monotonic() > deadline:
@@ -199,7 +199,7 @@ def test_a_signal_the_process_inherited_ignored_stays_ignored(image, signum):
 def test_a_stop_signal_during_startup_is_one_line_never_a_traceback_nor_status_1(signum):
     """While the CLI is still being imported (before any run handles signals)."""
     proc = start("run", "--mode", "long", "guests/hello64.S", importtime=True)
-    wait_for_line(proc, "click")
+    wait_for_line(proc, "pykvm.quickrun")
     proc.send_signal(signum)
     _, err = finish(proc, 30)
     assert proc.returncode == (130 if signum == signal.SIGINT else -signum)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+from functools import partial
 
 from pykvm.errors import PykvmError
 
@@ -54,6 +55,10 @@ class _AddressSpace:
         # (start, end, device, base): the device sees ``addr - base``; base = start - offset.
         self._entries: list[tuple[int, int, Device, int]] = []
         self._cache: dict[int, tuple[int, int, Device, int] | None] = {}
+        # Per-address callables for the KVM exit path (``writer``/``reader``): the device's own
+        # method with the offset bound, one call per access instead of a lookup and a dispatch.
+        self.writers: dict[int, object] = {}
+        self.readers: dict[int, object] = {}
 
     def register(self, start: int, length: int, device: Device, offset: int = 0) -> None:
         """Claim ``start`` .. ``start + length - 1`` for ``device``, which sees offsets from ``offset``."""
@@ -65,6 +70,8 @@ class _AddressSpace:
         self._starts.insert(i, start)
         self._entries.insert(i, (start, end, device, start - offset))
         self._cache.clear()
+        self.writers.clear()
+        self.readers.clear()
 
     def find(self, addr: int):
         entry = self._cache.get(addr, _MISS)
@@ -85,6 +92,38 @@ class _AddressSpace:
                 log.debug("%s read from unclaimed %#x (size %d)", self.name, addr, size)
             return (1 << (8 * size)) - 1
         return entry[2].read(addr - entry[3], size)
+
+    def writer(self, addr: int, size: int):
+        """``fn(value)`` doing ``write(addr, size, value)`` for a value that fits ``size`` (kept in
+        ``writers`` under ``addr << 3 | size``): the device's own method with the offset bound,
+        a byte device's ``write_byte`` for a byte."""
+        entry = self.find(addr)
+        if entry is None or self.trace_unclaimed:
+            fn = partial(self.write, addr, size)
+        else:
+            device, offset = entry[2], addr - entry[3]
+            if size == 1 and type(device).write is ByteRegisters.write:
+                fn = partial(device.write_byte, offset)
+            else:
+                fn = partial(device.write, offset, size)
+        if len(self.writers) < self._CACHE_LIMIT:
+            self.writers[addr << 3 | size] = fn
+        return fn
+
+    def reader(self, addr: int, size: int):
+        """``fn() -> value`` doing ``read(addr, size)`` (kept in ``readers`` under ``addr << 3 | size``)."""
+        entry = self.find(addr)
+        if entry is None or self.trace_unclaimed:
+            fn = partial(self.read, addr, size)
+        else:
+            device, offset = entry[2], addr - entry[3]
+            if size == 1 and type(device).read is ByteRegisters.read:
+                fn = partial(device.read_byte, offset)
+            else:
+                fn = partial(device.read, offset, size)
+        if len(self.readers) < self._CACHE_LIMIT:
+            self.readers[addr << 3 | size] = fn
+        return fn
 
     def write(self, addr: int, size: int, value: int) -> None:
         entry = self.find(addr)

@@ -45,7 +45,7 @@ import time
 from pykvm.emulator import codegen
 
 BLOCK_AT = 200          # runs of a block through its closures before it is compiled ...
-REGION_AT = 2000        # ... and of a block unit before a region is built from it,
+REGION_AT = 500         # ... and of a block unit before a region is built from it,
 HOT_WINDOW = 0.05       # each within this many seconds: a block run 100 times a second (a timer
                         # loop) never pays for its compilation (~1 ms a block, a few ms a region),
                         # and compiling it would only delay the guest at its next interrupt
@@ -171,6 +171,51 @@ _INLINE_MEMORY = {
 }
 
 
+# The same in a region for a flat segment (base 0, limit 4 GiB, readable and writable, as the
+# region checks when it starts): the offset is the linear address, and the page-offset check
+# also catches the accesses that would wrap past 4 GiB (the slow path faults them).
+_FLAT_MEMORY = {
+    "rd1": ("{t} = view[{p} + ({o} & 4095)] if ({p} := rget({o} >> 12)) is not None else rd_slow({s}, {o}, 1)"),
+    "rd2": ("if ({o} & 4095) != 4095 and ({p} := rget({o} >> 12)) is not None:\n"
+            "    {t} = u16(view, {p} + ({o} & 4095))[0]\n"
+            "else:\n"
+            "    {t} = rd_slow({s}, {o}, 2)"),
+    "rd4": ("if ({o} & 4095) <= 4092 and ({p} := rget({o} >> 12)) is not None:\n"
+            "    {t} = u32(view, {p} + ({o} & 4095))[0]\n"
+            "else:\n"
+            "    {t} = rd_slow({s}, {o}, 4)"),
+    "wr1": ("if ({p} := wget({o} >> 12)) is not None:\n"
+            "    view[{p} + ({o} & 4095)] = {v}\n"
+            "else:\n"
+            "    wr_slow({s}, {o}, 1, {v})"),
+    "wr2": ("if ({o} & 4095) != 4095 and ({p} := wget({o} >> 12)) is not None:\n"
+            "    p16(view, {p} + ({o} & 4095), {v})\n"
+            "else:\n"
+            "    wr_slow({s}, {o}, 2, {v})"),
+    "wr4": ("if ({o} & 4095) <= 4092 and ({p} := wget({o} >> 12)) is not None:\n"
+            "    p32(view, {p} + ({o} & 4095), {v})\n"
+            "else:\n"
+            "    wr_slow({s}, {o}, 4, {v})"),
+}
+_MEMORY_MARKER = re.compile(r"^(\s*)__mem__\.(\w+)\((\S+), (\S+), (\S+)\)$")
+
+
+def _expand_memory(line: str, gen, suffix: str) -> list[str]:
+    """The lines of one inlined access (a ``__mem__`` marker): the flat form where the unit may
+    assume the segment flat (``gen.flat``), else the MMU's fast path with its segment checks."""
+    m = _MEMORY_MARKER.match(line)
+    lead, name, seg, offset, last = m.groups()
+    gen.accesses += 1
+    parts = {"s": seg, "o": offset, "l": f"ml{gen.accesses}{suffix}", "p": f"mp{gen.accesses}{suffix}",
+             "t": last, "v": last}
+    if gen.flat is not None and seg.isdigit() and int(seg) in gen.flat:
+        gen.flat_used.add(int(seg))
+        text = _FLAT_MEMORY[name]
+    else:
+        text = _INLINE_MEMORY[name]
+    return [lead + x for x in text.format(**parts).split("\n")]
+
+
 def _simple(node) -> bool:
     return isinstance(node, (ast.Name, ast.Constant))
 
@@ -202,7 +247,9 @@ class _Canonical(ast.NodeTransformer):
                 parts["v"] = f"mv{k}__S"
             else:
                 parts["v"] = ast.unparse(value)
-        return stmts + ast.parse(_INLINE_MEMORY[name].format(**parts)).body
+        # A marker the instance expands (``_expand_memory``): how depends on the segment then.
+        last = parts["t"] if name[0] == "r" else parts["v"]
+        return stmts + [ast.parse(f"__mem__.{name}({parts['s']}, {parts['o']}, {last})").body[0]]
 
     def _assign(self, node):
         if (not self.opaque and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
@@ -355,6 +402,9 @@ class _Gen:
         self.uses_lf = False
         self.bound: dict[int, tuple[str, object]] = {}
         self.opaque_ids: list[int] = []
+        self.accesses = 0
+        self.flat = None                  # segments a region may take as flat (it checks when it starts)
+        self.flat_used: set[int] = set()
 
     def bind(self, value) -> str:
         got = self.bound.get(id(value))
@@ -399,10 +449,16 @@ def _instruction(gen: _Gen, recipe, uid: int, tail: list[str] | None) -> list[st
             return repr(value)
         return gen.bind(value)
 
-    lines = [_TOKEN.sub(fill, line) for line in t.lines]
+    lines = []
+    for line in t.lines:
+        line = _TOKEN.sub(fill, line)
+        if "__mem__." in line:
+            lines += _expand_memory(line, gen, suffix)
+        else:
+            lines.append(line)
     if tail is not None:
         tail = ([_RELOAD] if t.opaque else []) + tail
-        for k in reversed(t.returns):
+        for k in reversed([k for k, line in enumerate(lines) if line.lstrip().startswith("return ")]):
             line = lines[k]
             lead = line[:len(line) - len(line.lstrip())]
             lines[k:k + 1] = [lead + "eip = " + line.lstrip()[7:]] + [lead + x for x in tail]
@@ -416,6 +472,10 @@ def compile_unit(emu, blocks, count: int | None = None, region: bool = False) ->
     """Compile ``blocks`` into a unit: one block, or with ``region`` a region whose first
     block is its entry; ``count`` compiles only the first ``count`` instructions of a block."""
     gen = _Gen()
+    if region:
+        mmu = emu.mmu
+        gen.flat = {s for s in range(6) if mmu.sbase[s] == 0 and mmu.slo[s] == 0
+                    and mmu.rhi[s] == 0xFFFFFFFF and mmu.whi[s] == 0xFFFFFFFF}
     where = []
     parts = []           # (block, lines) in order
     for blk in blocks:
@@ -456,6 +516,11 @@ def compile_unit(emu, blocks, count: int | None = None, region: bool = False) ->
              "    slo = M.slo; rhi = M.rhi; whi = M.whi; sbase = M.sbase; rget = M.rtlb.get; wget = M.wtlb.get",
              "    view = M.memory.view; rd_slow = M.rd_slow; wr_slow = M.wr_slow",
              "    def unit(left, ie):"]
+    if gen.flat_used:
+        # The segments taken as flat must still be: else this region is done for.
+        test = " or ".join(f"sbase[{s}] or slo[{s}] or rhi[{s}] != 4294967295 or whi[{s}] != 4294967295"
+                           for s in sorted(gen.flat_used))
+        lines += [f"{ind}if {test}:", f"{ind}    U.valid = False", f"{ind}    return 0"]
     lines += [ind + x for x in reload]
     lines += [ind + "n = 0", ind + "i = 0", ind + f"eip = {blocks[0].eip}", ind + "try:", ind + "    while True:"]
     inner = ind + " " * 8

@@ -405,6 +405,8 @@ class Emulator(SystemOps):
                 blk.hits = 0
                 blk.stamp = now
                 return
+            if compiler.region_member(blk) and self._compile_region(blk):
+                return                         # a loop: straight to a region
         blk.unit = compiler.compile_unit(self, [blk])
         self.units_compiled += 1
 
@@ -422,9 +424,10 @@ class Emulator(SystemOps):
             unit.hits = -1 << 60          # a prefix never grows into a region
         return unit
 
-    def _compile_region(self, blk) -> None:
-        """A block unit ran often enough: one function for it and the hot blocks it reaches by
-        near branches and fall-throughs (local dispatch between them)."""
+    def _compile_region(self, blk) -> bool:
+        """A block unit ran often enough (or a block that is part of a loop): one function for
+        it and the hot blocks it reaches by near branches and fall-throughs (local dispatch
+        between them). Whether a region was made."""
         unit = blk.unit
         if unit is not None:
             if self.tier == "tiered":
@@ -432,12 +435,15 @@ class Emulator(SystemOps):
                 if now - unit.stamp > compiler.HOT_WINDOW * compiler.REGION_AT / compiler.BLOCK_AT:
                     unit.hits = 0
                     unit.stamp = now
-                    return
+                    return False
             unit.hits = -1 << 60               # decided once
         if not compiler.region_member(blk):
-            return
+            return False
         cache = self.cache
         base = (blk.key - blk.eip) & 0xFFFFFFFF
+        # A successor joins if it is hot too: compiled already, or run a good part of that often
+        # (a cold block would cost compile time and a longer dispatch for nothing).
+        cold_below = compiler.BLOCK_AT // 4 if self.tier == "tiered" else 1
         members = [blk]
         seen = {blk.eip}
         size = blk.n
@@ -448,18 +454,27 @@ class Emulator(SystemOps):
                     continue
                 seen.add(eip)
                 other = cache.get((base + eip) & 0xFFFFFFFF)
-                if (other is None or other.eip != eip or other.unit is None and other.hits < 2
+                if (other is None or other.eip != eip or other.unit is None and other.hits < cold_below
                         or not compiler.region_member(other) or size + other.n > compiler.REGION_INSTRUCTIONS):
                     continue
                 members.append(other)
                 size += other.n
             k += 1
         if len(members) < 2 and blk.eip not in blk.succ:
-            return                             # neither a loop nor a way to one
+            return False                       # neither a loop nor a way to one
+        if unit is None and not self._loops_back(members):
+            return False                       # no loop yet: a block unit first
         region = compiler.compile_unit(self, members, region=True)
         region.hits = -1 << 60
         blk.unit = region
         self.units_compiled += 1
+        return True
+
+    @staticmethod
+    def _loops_back(members) -> bool:
+        """Whether some member branches back to the first (the region holds a loop through it)."""
+        first = members[0].eip
+        return any(first in m.succ for m in members)
 
     # -- execution --------------------------------------------------------------------------
     def step(self) -> None:
@@ -548,6 +563,8 @@ class Emulator(SystemOps):
                             blk, i = unit.where[self.fault_at]
                             done += self.fault_n
                             raise
+                        if not unit.valid and blk.unit is unit:
+                            blk.unit = None           # it refused to start (a segment changed)
                         unit.hits += 1
                         if unit.hits == region_at:
                             self._compile_region(blk)

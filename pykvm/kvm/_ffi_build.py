@@ -15,8 +15,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _DECLS = runpy.run_path(os.path.join(_HERE, "cdef.py"))
 
 ffibuilder = cffi.FFI()
-ffibuilder.cdef(_DECLS["CDEF"])
-ffibuilder.set_source("pykvm.kvm._kvm_api", _DECLS["C_SOURCE"], optional=True)
+# The CRC of the declarations it was built from: ``_ffi.py`` uses the module only while they match.
+ffibuilder.cdef(_DECLS["CDEF"] + _DECLS["API_FUNCTIONS"] + "#define PYKVM_CDEF_CRC ...\n")
+ffibuilder.set_source("pykvm.kvm._kvm_api", _DECLS["C_SOURCE"] + f"#define PYKVM_CDEF_CRC {_DECLS['crc']()}u\n",
+                      optional=True)
 
 if __name__ == "__main__":
     os.chdir(os.path.dirname(os.path.dirname(_HERE)))

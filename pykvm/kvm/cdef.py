@@ -103,6 +103,12 @@ struct kvm_userspace_memory_region {
     __u64 userspace_addr;
 };
 
+struct kvm_coalesced_mmio_zone {
+    __u64 addr;
+    __u32 size;
+    __u32 pio;        /* a union with __u32 pad in the header: 1 for a port range */
+};
+
 struct kvm_guest_debug_arch {
     __u64 debugreg[8];
 };
@@ -264,5 +270,35 @@ FUNCTIONS = "int ioctl(int fd, unsigned long request, void *arg);\n"
 
 CDEF = TYPES + FUNCTIONS
 
-# The C source of the compiled module: the same structs, and libc's own ioctl prototype.
-C_SOURCE = "#include <sys/ioctl.h>\n" + TYPES
+# The compiled module's own function: KVM_RUN and the reading of its exit in one C call,
+# the answer one small int (see pykvm.kvm.exits: EXIT_*; the in-line fallback computes the same
+# in Python, ``Vcpu.exit_call``).
+API_FUNCTIONS = "int pykvm_run_exit(int fd, struct kvm_run *run);\n"
+
+# The C source of the compiled module: the same structs, libc's own ioctl prototype, the function.
+C_SOURCE = "#include <errno.h>\n#include <sys/ioctl.h>\n" + TYPES + r"""
+/* -errno when KVM_RUN fails; else bits 0-4 the exit reason (31: look at kvm_run), bit 5 still
+   in PVM mode (EFER.LMA and CS.L in the sync regs), and for a port I/O exit of one element whose
+   data is at the usual place (offset 4096): bit 6 out, bits 7-9 the size, bits 10-25 the port,
+   bit 26 set. */
+int pykvm_run_exit(int fd, struct kvm_run *run)
+{
+    if (ioctl(fd, 0xAE80 /* KVM_RUN */, (void *)0) < 0)
+        return -errno;
+    unsigned reason = run->exit_reason;
+    int r = reason < 31 ? (int)reason : 31;
+    if ((run->s.regs.sregs.efer & (1u << 10)) && run->s.regs.sregs.cs.l)
+        r |= 1 << 5;
+    if (reason == 2 && run->io.count == 1 && run->io.data_offset == 4096 &&
+        (run->io.size == 1 || run->io.size == 2 || run->io.size == 4))
+        r |= (run->io.direction ? 1 << 6 : 0) | run->io.size << 7 | (int)run->io.port << 10 | 1 << 26;
+    return r;
+}
+"""
+
+
+def crc() -> int:
+    """What a compiled module records of the declarations it was built from."""
+    import zlib
+
+    return zlib.crc32((CDEF + C_SOURCE).encode())

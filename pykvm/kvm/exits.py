@@ -74,6 +74,34 @@ class Exit:
 # kvm_run.io as one little-endian record: direction, size, port, count, data_offset.
 IO_HEADER = struct.Struct("<BBHIQ")
 IO_HEADER_OFFSET = 32  # offsetof(struct kvm_run, io); checked against cffi in the tests
+# The exit header in one unpack from offsetof(struct kvm_run, exit_reason) = 8: the reason, then
+# (past ready_for_interrupt_injection, if_flag, flags, cr8, apic_base) the io member of the union
+# as IO_HEADER reads it. For another reason the io fields are whatever the union holds.
+EXIT_HEADER = struct.Struct("<I20xBBHIQ")
+EXIT_HEADER_OFFSET = 8
+
+
+# The answer of ``Vcpu.exit_call()``'s function (KVM_RUN and a first look at the exit, in C in
+# the compiled module): < 0 is -errno; else these bits.
+EXIT_REASON = 0x1F            # the exit reason, or 31: read kvm_run.exit_reason
+EXIT_PVM = 1 << 5             # EFER.LMA and CS.L in the sync regs: still in PVM mode
+EXIT_OUT = 1 << 6             # a simple I/O exit: an OUT (else an IN)
+EXIT_KEY_SHIFT = 7            # a simple I/O exit: (r >> 7) & EXIT_KEY = port << 3 | size
+EXIT_KEY = 0x7FFFF
+EXIT_SIMPLE = 1 << 26         # a port I/O exit of one 1-, 2- or 4-byte element at offset PIO_DATA
+PIO_DATA = 4096               # where KVM puts port I/O data in the vCPU mapping (page 1, x86)
+
+
+def exit_header_with(*offsets: int) -> struct.Struct:
+    """``EXIT_HEADER`` followed by the bytes of ``kvm_run`` at ``offsets`` (ascending, past the
+    header): what the run loop reads at every exit, in one unpack."""
+    fmt, at = EXIT_HEADER.format, EXIT_HEADER_OFFSET + EXIT_HEADER.size
+    for offset in offsets:
+        if offset < at:
+            raise ValueError("offsets must ascend past the exit header")
+        fmt += f"{offset - at}xB" if offset > at else "B"
+        at = offset + 1
+    return struct.Struct(fmt)
 
 
 class IoExit(Exit):

@@ -48,6 +48,8 @@ KVM_SET_USER_MEMORY_REGION = _iow(0x46, "struct kvm_userspace_memory_region")
 KVM_SET_TSS_ADDR = _io(0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _iow(0x48, "__u64")
 KVM_CREATE_IRQCHIP = _io(0x60)
+KVM_REGISTER_COALESCED_MMIO = _iow(0x67, "struct kvm_coalesced_mmio_zone")
+KVM_UNREGISTER_COALESCED_MMIO = _iow(0x68, "struct kvm_coalesced_mmio_zone")
 
 # vCPU ioctls
 KVM_RUN = _io(0x80)
@@ -83,6 +85,8 @@ KVM_CAP_SYNC_REGS = 74
 KVM_CAP_READONLY_MEM = 81
 KVM_CAP_X86_USER_SPACE_MSR = 188
 KVM_CAP_MAX_VCPUS = 66
+KVM_CAP_COALESCED_MMIO = 15      # the answer is the page of the vCPU mapping that holds the ring
+KVM_CAP_COALESCED_PIO = 162
 
 CAPABILITY_NAMES = {
     "IRQCHIP": KVM_CAP_IRQCHIP,
@@ -97,6 +101,8 @@ CAPABILITY_NAMES = {
     "READONLY_MEM": KVM_CAP_READONLY_MEM,
     "IMMEDIATE_EXIT": KVM_CAP_IMMEDIATE_EXIT,
     "X86_USER_SPACE_MSR": KVM_CAP_X86_USER_SPACE_MSR,
+    "COALESCED_MMIO": KVM_CAP_COALESCED_MMIO,
+    "COALESCED_PIO": KVM_CAP_COALESCED_PIO,
 }
 
 # Memory-region flags

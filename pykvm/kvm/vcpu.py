@@ -11,14 +11,16 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import struct
 
 from pykvm.errors import KvmIoctlError
 from pykvm.kvm import ioctls as K
-from pykvm.kvm._ffi import ffi, libc
+from pykvm.kvm._ffi import MODE, ffi, libc
 from pykvm.kvm._owned import own_fd
 
 from pykvm.kvm._syscall import NULL, ioctl
-from pykvm.kvm.exits import Exit, ExitReason, make_exit_table
+from pykvm.kvm.exits import (EXIT_HEADER, EXIT_HEADER_OFFSET, EXIT_OUT, EXIT_PVM, EXIT_SIMPLE, PIO_DATA, Exit,
+                              ExitReason, make_exit_table)
 
 _MAX_MSRS = 64
 _ioctl = libc.ioctl
@@ -50,6 +52,7 @@ class Vcpu:
         self._events = ffi.new("struct kvm_vcpu_events *")
         self._interrupt = ffi.new("struct kvm_interrupt *")
         self._translation = ffi.new("struct kvm_translation *")
+        self._ring = None
         # Dropped without close(): the fd is closed then, the mapping goes with its last user.
         # (Registered last: if __init__ fails, Vm.create_vcpu closes the fd.)
         self._finalizer = own_fd(self, fd, f"Vcpu {index}")
@@ -72,9 +75,18 @@ class Vcpu:
         """
         return _ioctl, self.fd, _KVM_RUN, NULL
 
-    def run_failed(self) -> None:
+    def exit_call(self) -> tuple:
+        """(fn, fd, kvm_run): ``fn(fd, kvm_run)`` is KVM_RUN and a first look at the exit, one int
+        (``pykvm.kvm.exits.EXIT_*``; -errno when KVM_RUN failed, to be given to ``run_failed``).
+        In C in the compiled module; the same in Python in the in-line fallback."""
+        if MODE == "api":
+            return libc.pykvm_run_exit, self.fd, self.kvm_run
+        return _run_exit, self.fd, self
+
+    def run_failed(self, err: int | None = None) -> None:
         """KVM_RUN returned -1: a signal or ``immediate_exit`` becomes an INTR exit, anything else raises."""
-        err = ffi.errno
+        if err is None:
+            err = ffi.errno
         if err != errno.EINTR and err != errno.EAGAIN:
             raise KvmIoctlError("KVM_RUN", err, os.strerror(err))
         self.kvm_run.exit_reason = ExitReason.INTR  # interrupted: report it as KVM itself would
@@ -112,6 +124,16 @@ class Vcpu:
     def enable_sync_regs(self, mask: int = K.KVM_SYNC_X86_REGS | K.KVM_SYNC_X86_SREGS | K.KVM_SYNC_X86_EVENTS) -> None:
         """Ask KVM to copy regs/sregs/events into ``kvm_run.s.regs`` on every exit (KVM_CAP_SYNC_REGS)."""
         self.kvm_run.kvm_valid_regs = mask
+
+    def coalesced_ring(self) -> "CoalescedRing | None":
+        """The ring KVM queues coalesced writes in (``Vm.register_coalesced``), in this vCPU's
+        mapping; None where the host offers none."""
+        if self._ring is None:
+            page = self.vm.kvm.check_extension(K.KVM_CAP_COALESCED_MMIO)
+            if not page or (page + 1) * mmap.PAGESIZE > len(self._view):
+                return None
+            self._ring = CoalescedRing(self._view[page * mmap.PAGESIZE:(page + 1) * mmap.PAGESIZE])
+        return self._ring
 
     @property
     def sync_regs(self):
@@ -259,6 +281,9 @@ class Vcpu:
         self.kvm_run = None
         os.close(self.fd)
         self.fd = -1
+        if self._ring is not None:
+            self._ring.release()
+            self._ring = None
         self._view.release()
         self._mmap.close()
 
@@ -267,6 +292,20 @@ class Vcpu:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _run_exit(fd: int, vcpu: "Vcpu") -> int:
+    """``exit_call``'s function where the compiled module is missing: the C function's answer."""
+    if _ioctl(fd, _KVM_RUN, NULL) < 0:
+        return -ffi.errno
+    view = vcpu._view
+    reason, direction, size, port, count, off = EXIT_HEADER.unpack_from(view, EXIT_HEADER_OFFSET)
+    r = reason if reason < 31 else 31
+    if view[SYNC_EFER_LMA_BYTE] & 4 and view[SYNC_CS_L_BYTE]:
+        r |= EXIT_PVM
+    if reason == ExitReason.IO and count == 1 and off == PIO_DATA and size in (1, 2, 4):
+        r |= (EXIT_OUT if direction else 0) | size << 7 | port << 10 | EXIT_SIMPLE
+    return r
 
 
 class MsrBackend:
@@ -282,3 +321,41 @@ class MsrBackend:
 
     def write(self, index: int, value: int) -> bool:
         return self.vcpu.try_set_msr(index, value)
+
+
+class CoalescedRing:
+    """``struct kvm_coalesced_mmio_ring``: KVM appends at ``last``, userspace takes from ``first``.
+
+    ``pending()`` is one look at both indexes; ``drain(pio_write, mmio_write)`` replays the queued
+    writes in the order the guest made them and frees their slots.
+    """
+
+    _INDEXES = struct.Struct("<II")
+    _ENTRY = struct.Struct("<QII8s")      # phys_addr, len, pio, data[8]
+
+    def __init__(self, view: memoryview):
+        self.view = view
+        self.slots = (len(view) - self._INDEXES.size) // self._ENTRY.size
+        self._words = view[:8].cast("I")
+
+    def pending(self) -> bool:
+        words = self._words
+        return words[0] != words[1]
+
+    def drain(self, pio_write, mmio_write) -> int:
+        """Replay every queued write; returns how many there were."""
+        view, words, entry, slots = self.view, self._words, self._ENTRY, self.slots
+        done = 0
+        first = words[0]
+        while first != words[1]:
+            address, length, pio, data = entry.unpack_from(view, 8 + first * entry.size)
+            value = int.from_bytes(data[:length], "little")
+            (pio_write if pio else mmio_write)(address, length, value)
+            first = (first + 1) % slots
+            words[0] = first              # the slot is free once its write is done
+            done += 1
+        return done
+
+    def release(self) -> None:
+        self._words.release()
+        self.view.release()

@@ -76,6 +76,17 @@ class Vm:
         ioctl(self.fd, K.KVM_SET_USER_MEMORY_REGION, r, "KVM_SET_USER_MEMORY_REGION")
 
     # -- vCPUs --------------------------------------------------------------------------
+    def register_coalesced(self, address: int, size: int, pio: bool) -> bool:
+        """KVM_REGISTER_COALESCED_MMIO: writes to these ports (``pio``) or guest-physical addresses
+        no longer exit; KVM queues them in the ring of the vCPU mapping (``Vcpu.coalesced_ring``)
+        and they are to be replayed, in order, at the next exit. False where the host has no
+        such capability (nothing registered then)."""
+        if not self.kvm.check_extension(K.KVM_CAP_COALESCED_PIO if pio else K.KVM_CAP_COALESCED_MMIO):
+            return False
+        zone = ffi.new("struct kvm_coalesced_mmio_zone *", {"addr": address, "size": size, "pio": int(pio)})
+        ioctl(self.fd, K.KVM_REGISTER_COALESCED_MMIO, zone, "KVM_REGISTER_COALESCED_MMIO")
+        return True
+
     def create_vcpu(self, index: int | None = None):
         from pykvm.kvm.vcpu import Vcpu
 
