@@ -89,8 +89,9 @@ def handle_non_pvm_mode(emulator, budget: int = DEFAULT_BATCH, events: Events | 
     after any instruction that can change what the rule looks at (CS loads, CR0/CR4/EFER
     writes, CPL changes) or that halts, so checking between its chunks is the same as
     checking before every instruction. A switch to user mode in non-PVM mode is an
-    emulation error, as in the patch. ``observer(state, done)``, if given, is called after
-    each chunk (the machine logs mode transitions with it).
+    emulation error, as in the patch. ``observer(state, done)``, if given, is called before
+    the first chunk and after each (the machine logs mode transitions with it: the mode the
+    vCPU starts in is known before a long chunk).
 
     With ``batch`` the bound is checked by the emulator itself (``Emulator.run``): every
     ``batch`` instructions it looks for an event or a device access, as this loop would, and
@@ -100,6 +101,8 @@ def handle_non_pvm_mode(emulator, budget: int = DEFAULT_BATCH, events: Events | 
     if try_to_convert_to_pvm_mode(state):
         return Outcome.CONVERTED, 0
     done = 0
+    if observer is not None:
+        observer(state, 0)
     while done < budget:
         if events is not None and events.pending:
             return Outcome.EVENT_PENDING, done

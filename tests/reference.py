@@ -4,6 +4,7 @@ for the tests that compare the two. QEMU tests skip with the reason where it is 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -36,18 +37,19 @@ class Run:
         return [line for line in self.output.splitlines() if COMPARED.match(line)]
 
 
-def _run(command: list[str], timeout: float, cwd=None) -> Run:
+def _run(command: list[str], timeout: float, cwd=None, env=None) -> Run:
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                              env=None if env is None else {**os.environ, **env})
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
         return Run(None, out)
     return Run(done.returncode, done.stdout, done.stderr)
 
 
-def pykvm(*args: str, timeout: float = 120, cwd=None) -> Run:
-    """``pykvm run ARGS`` as a process (from the checkout, or ``cwd``)."""
-    return _run([sys.executable, "-m", "pykvm", "run", *args], timeout, cwd=cwd or REPO_ROOT)
+def pykvm(*args: str, timeout: float = 120, cwd=None, env: dict | None = None) -> Run:
+    """``pykvm run ARGS`` as a process (from the checkout, or ``cwd``; ``env`` added to ours)."""
+    return _run([sys.executable, "-m", "pykvm", "run", *args], timeout, cwd=cwd or REPO_ROOT, env=env)
 
 
 def qemu(command: list[str], timeout: float = 60, cwd=None) -> Run:

@@ -197,7 +197,8 @@ def snapshot(state: CpuState, memory, outcome: str, io_log=(), undefined: Undefi
 def _machine(kind: str):
     from pykvm.machine import Machine
 
-    machine = Machine(memory_size=MEMORY_SIZE, serial_output=io.BytesIO(), emulator=kind)
+    # coalesce=False: the oracle records every port write as an exit, port 0x80 too.
+    machine = Machine(memory_size=MEMORY_SIZE, serial_output=io.BytesIO(), emulator=kind, coalesce=False)
     ports = ScratchPorts()
     machine.bus.pio.register(SCRATCH_PORT, SCRATCH_PORTS, ports)
     return machine, ports

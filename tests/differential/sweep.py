@@ -740,7 +740,9 @@ class Sweep:
 
             from pykvm.machine import Machine
 
-            self.machine = Machine(memory_size=MEMORY_SIZE, serial_output=io.BytesIO(), emulator="kernel")
+            # coalesce=False: every port write is an exit the oracle records, port 0x80 too.
+            self.machine = Machine(memory_size=MEMORY_SIZE, serial_output=io.BytesIO(), emulator="kernel",
+                                   coalesce=False)
             self.kernel_devices = Devices()
             cpuid = self.machine.cpuid
             vcpu = self.machine.vcpu
