@@ -139,12 +139,17 @@ static void check_sti_shadow(unsigned irq, const char *name)
 #ifndef TIMER32
 static void check_sti_shadow_tick(void)
 {
+    /* One tick, from a one-shot: a periodic one could tick again while the first is handled
+     * (a VMM that compiles code, or a busy host, may well take 10 ms there), and count twice. */
     pic_set_mask(~BIT(TIMER_IRQ));
+    pit_program(0, 0, 0);                           /* OUT low for 55 ms: no edges */
     interrupt_window();                             /* no tick left over */
-    if (!wait_irr(TIMER_IRQ))                       /* the next one, held off by IF = 0 */
+    pit_program(0, 0, pit_hz_count(TICK_HZ));       /* one edge, 10 ms from now */
+    if (!wait_irr(TIMER_IRQ))                       /* held off by IF = 0 */
         guest_printf("info: no PIT tick showed up in IRR\n");
     check_sti_shadow(TIMER_IRQ,
                      "STI shadow: a PIT tick pending with IF = 0 is taken after the instruction following STI");
+    pit_program(0, 2, pit_hz_count(TICK_HZ));       /* the 100 Hz tick again */
 }
 #endif
 

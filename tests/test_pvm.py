@@ -152,8 +152,8 @@ def test_switch_to_user_mode_outside_pvm_mode_is_an_emulation_error():
         pvm.handle_non_pvm_mode(emu)
 
 
-def test_observer_sees_each_chunk():
+def test_observer_sees_the_start_and_each_chunk():
     seen = []
     emu = ScriptedEmulator(CpuState(), [nop, enter_long_mode, nop], mode_steps=[id(enter_long_mode)])
     pvm.handle_non_pvm_mode(emu, observer=lambda state, done: seen.append(done))
-    assert seen == [2]
+    assert seen == [0, 2]
