@@ -524,6 +524,16 @@ class Machine:
     def _emulator_breakpoint(self, address: int) -> None:
         self.request_stop(DebugStop("breakpoint", address))
 
+    def _io_left_pvm_mode(self) -> bool:
+        """After a port I/O exit whose sync regs do not show 64-bit code: whether the vCPU left
+        PVM mode; if so its I/O is completed and the emulator takes the vCPU back."""
+        if not self._kvm_in_non_pvm_mode():
+            return False
+        self._sync_valid = True
+        self.vcpu.complete_pending_io()
+        self._leave_kvm()
+        return True
+
     def _run_kvm(self) -> int | None:
         """KVM_RUN until something needs the run loop's attention; port I/O is handled inline.
 
@@ -588,10 +598,7 @@ class Machine:
                         tracer(_EXIT_IO)
                     # Still 64-bit long mode (the common case) is one bit; anything else gets
                     # the full rule, and the emulator if the vCPU left PVM mode.
-                    if check_mode and not r & EXIT_PVM and self._kvm_in_non_pvm_mode():
-                        self._sync_valid = True
-                        vcpu.complete_pending_io()
-                        self._leave_kvm()
+                    if check_mode and not r & EXIT_PVM and self._io_left_pvm_mode():
                         return None
                     continue
                 reason = r & EXIT_REASON
@@ -611,10 +618,7 @@ class Machine:
                             st.pack_into(view, off + i * size, pio.read(port, size))
                     if tracer is not None:
                         tracer(reason)
-                    if check_mode and not r & EXIT_PVM and self._kvm_in_non_pvm_mode():
-                        self._sync_valid = True
-                        vcpu.complete_pending_io()
-                        self._leave_kvm()
+                    if check_mode and not r & EXIT_PVM and self._io_left_pvm_mode():
                         return None
                     continue
                 self._sync_valid = True

@@ -95,34 +95,27 @@ class _AddressSpace:
 
     def writer(self, addr: int, size: int):
         """``fn(value)`` doing ``write(addr, size, value)`` for a value that fits ``size`` (kept in
-        ``writers`` under ``addr << 3 | size``): the device's own method with the offset bound,
-        a byte device's ``write_byte`` for a byte."""
-        entry = self.find(addr)
-        if entry is None or self.trace_unclaimed:
-            fn = partial(self.write, addr, size)
-        else:
-            device, offset = entry[2], addr - entry[3]
-            if size == 1 and type(device).write is ByteRegisters.write:
-                fn = partial(device.write_byte, offset)
-            else:
-                fn = partial(device.write, offset, size)
-        if len(self.writers) < self._CACHE_LIMIT:
-            self.writers[addr << 3 | size] = fn
-        return fn
+        ``writers`` under ``addr << 3 | size``)."""
+        return self._bound(self.writers, "write", addr, size)
 
     def reader(self, addr: int, size: int):
         """``fn() -> value`` doing ``read(addr, size)`` (kept in ``readers`` under ``addr << 3 | size``)."""
+        return self._bound(self.readers, "read", addr, size)
+
+    def _bound(self, cache: dict, op: str, addr: int, size: int):
+        """The device's own ``op`` ("read" or "write") with the offset bound, a byte device's
+        ``read_byte``/``write_byte`` for a byte: one call per access on the KVM exit path."""
         entry = self.find(addr)
         if entry is None or self.trace_unclaimed:
-            fn = partial(self.read, addr, size)
+            fn = partial(getattr(self, op), addr, size)
         else:
             device, offset = entry[2], addr - entry[3]
-            if size == 1 and type(device).read is ByteRegisters.read:
-                fn = partial(device.read_byte, offset)
+            if size == 1 and getattr(type(device), op) is getattr(ByteRegisters, op):
+                fn = partial(getattr(device, op + "_byte"), offset)
             else:
-                fn = partial(device.read, offset, size)
-        if len(self.readers) < self._CACHE_LIMIT:
-            self.readers[addr << 3 | size] = fn
+                fn = partial(getattr(device, op), offset, size)
+        if len(cache) < self._CACHE_LIMIT:
+            cache[addr << 3 | size] = fn
         return fn
 
     def write(self, addr: int, size: int, value: int) -> None:
