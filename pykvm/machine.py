@@ -24,6 +24,7 @@ from pykvm.cpuid import CpuidTable, vcpu_cpuid
 from pykvm.devices import debug_exit, postcode
 from pykvm.devices.bus import Bus
 from pykvm.devices.debug_exit import DebugExit, GuestExit
+from pykvm.devices.debugcon import DebugCon
 from pykvm.devices.serial import Serial16550
 from pykvm.x86.state import CS, CpuState
 from pykvm.errors import EmulationError, GuestShutdownError, HostError, PykvmError
@@ -156,6 +157,7 @@ class Machine:
             self.bus = Bus()
             self.serial = Serial16550(serial_output if serial_output is not None else sys.stdout.buffer)
             self.bus.pio.register(COM1, 8, self.serial)
+            DebugCon(self.serial.emit).attach(self.bus)
             self.bus.pio.register(debug_exit.PORT, debug_exit.LENGTH, DebugExit())
             if self.rom is not None:
                 self.rom.attach(self.bus)

@@ -6,10 +6,17 @@ pc-testdev (``--testdev``) it raises IRQ 11 through the 8259 for "sti inhibit" a
 127 checks (QEMU 7.2 TCG passes 127/127). Without it, it runs its 69 checks up to "sti inhibit",
 where it waits in ``sti; hlt`` for an IRQ that never comes: the host kernel's own emulator (no
 irqchip) gets exactly as far.
+
+test386.asm (tests/data/test386, GPL-3.0 test data with its build recipe and the patch that
+skips what needs CPL 3, which PVM runs only in PVM mode) starts from the reset vector as a ROM,
+tests real mode, protected mode, paging and faults, halting at the first failure, and prints the
+results of ~45,000 ALU operations, which must match the reference its author captured.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +59,25 @@ def test_kvm_unit_tests_realmode_without_the_testdev_waits_for_its_first_interru
     assert not failed, failed
     assert len(passed) == CHECKS_BEFORE_THE_FIRST_INTERRUPT, done.stdout[-2000:] + done.stderr
     assert done.returncode == 10, done.stderr         # still waiting in sti; hlt at --timeout
+
+
+TEST386 = Path(__file__).parent / "data" / "test386"
+
+
+def test_test386_passes_every_ring0_test_and_prints_the_reference_alu_results():
+    """Every test up to POST 0xFF (it halts at the number of a failing one), then its ALU
+    results line for line as the reference (flags included; undefined ones are masked)."""
+    from pykvm.machine import Machine
+
+    out = io.BytesIO()
+    with Machine(serial_output=out, bios=(TEST386 / "test386.bin").read_bytes()) as machine:
+        status = machine.run(timeout=600)
+        machine.serial.flush()
+        post = machine.platform.post.last_post_code
+    assert post == 0xFF, f"test386 stopped in its test {post:#04x} (tests/data/test386/README.md)"
+    assert status == 0                                 # cli; hlt after POST 0xFF
+    got = out.getvalue().decode().splitlines()
+    want = gzip.decompress((TEST386 / "test386-EE-reference.txt.gz").read_bytes()).decode().splitlines()
+    differing = [(n, a, b) for n, (a, b) in enumerate(zip(got, want), 1) if a.rstrip() != b.rstrip()]
+    assert not differing, "first differences (line, pykvm, reference): " + repr(differing[:5])
+    assert len(got) == len(want) == 44926

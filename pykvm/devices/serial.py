@@ -326,11 +326,16 @@ class Serial16550:
             else:
                 self._rx.append(byte)
         else:
-            self._pending.append(byte)
-            if byte == 0x0A or len(self._pending) >= _FLUSH_THRESHOLD:
-                self.flush()
+            self.emit(byte)
         # The byte left at once, so THR is empty again.
         self.thr_empty_pending = True
+
+    def emit(self, byte: int) -> None:
+        """Put ``byte`` on the host side of the output, as a transmitted one: for a device that
+        shares this console (``pykvm.devices.debugcon``), in order with the UART's own bytes."""
+        self._pending.append(byte)
+        if byte == 0x0A or len(self._pending) >= _FLUSH_THRESHOLD:
+            self.flush()
 
     def _set_mcr(self, mcr: int) -> None:
         self.mcr = mcr

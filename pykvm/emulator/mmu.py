@@ -103,6 +103,9 @@ class Mmu:
         self.line_blocks: dict[int, set] = {}  # physical address >> 6 -> blocks with bytes in that line
         self.code_bytes: dict[int, int] = {}   # physical address >> 6 -> mask of the line's bytes with code
         self.cwtlb: dict[int, tuple[int, int]] = {}   # linear page -> (RAM offset, physical page) of code pages
+        # linear page -> physical page address, for reads of pages that are not RAM (a ROM, a
+        # device): the bus still serves them, but without a page walk each time.
+        self.xtlb: dict[int, int] = {}
         self.paging = False
         self.user = False
         self._build()
@@ -112,6 +115,7 @@ class Mmu:
         self.rtlb.clear()
         self.wtlb.clear()
         self.cwtlb.clear()
+        self.xtlb.clear()
 
     def configure(self) -> None:
         """Re-read CR0/CPL after a mode change; flushes the TLBs."""
@@ -162,6 +166,8 @@ class Mmu:
         code_lines = self.code_lines
         cwtlb = self.cwtlb
         cwget = cwtlb.get
+        xtlb = self.xtlb
+        xget = xtlb.get
         u16, u32 = _S16.unpack_from, _S32.unpack_from
         p16, p32 = _S16.pack_into, _S32.pack_into
         translate = self.translate
@@ -179,12 +185,17 @@ class Mmu:
                 pa = translate(lin, acc)
                 pb = translate((lin + first) & 0xFFFFFFFF, acc)
                 return _phys_read(pa, first) | _phys_read(pb, size - first) << (8 * first)
+            page = xget(lin >> 12)
+            if page is not None and not user:
+                return bus.mmio_read(page | o, size)
             pa = translate(lin, acc)
             if ram_base <= pa < ram_end and not hole_lo <= pa < hole_hi:
                 off = pa - ram_base
                 if not system or not mmu.user:
                     rtlb[lin >> 12] = off - o
                 return int.from_bytes(view[off:off + size], "little")
+            if mmu.paging and not mmu.user:
+                xtlb[lin >> 12] = pa & ~0xFFF
             return bus.mmio_read(pa, size)
 
         def lin_write(lin, size, value, system=False):

@@ -73,13 +73,16 @@ class SystemOps:
         wrn(SS, sp, size, R[5] & vmask)
         frame = sp
         if level:
+            # FrameTemp is ESP after that push (SDM ENTER): on a 16-bit stack an o32 ENTER pushes
+            # ESP's upper half with SP (test386.asm checks it with ESP = 0x10000).
+            frame_temp = (R[4] & ~smask | sp) & vmask
             bp = R[5] & smask
             for _ in range(1, level):
                 bp = (bp - size) & smask
                 sp = (sp - size) & smask
                 wrn(SS, sp, size, rdn(SS, bp, size))
             sp = (sp - size) & smask
-            wrn(SS, sp, size, frame & vmask)
+            wrn(SS, sp, size, frame_temp)
         sp = (sp - alloc) & smask
         # The stack size, not the operand size, says how much of EBP gets the frame pointer:
         # an o32 ENTER on a 16-bit stack keeps EBP's upper half (SDM ENTER, "BP <- FrameTemp").

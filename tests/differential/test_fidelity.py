@@ -285,6 +285,23 @@ def test_o32_enter_on_a_16bit_stack_keeps_the_upper_half_of_ebp():
     assert struct.unpack_from("<I", result.memory, 0x6FFC)[0] == 0xABCD1234   # all of EBP pushed
 
 
+def test_o32_enter_with_a_nesting_level_on_a_16bit_stack_pushes_all_of_esp_as_the_frame():
+    """SDM ENTER: "Push(EBP); FrameTemp <- ESP; ... Push(FrameTemp)" for a 32-bit operand: on
+    a 16-bit stack SP wraps and ESP keeps its upper half, and all of ESP is the frame pushed.
+    Found by test386.asm's ENTER test (POST 0x1A, ``testENTER32 8,36,16``), which starts at
+    ESP = 0x10000. (The kernel's emulator refuses nesting levels; unicorn computes the frame
+    as ESP - 4 without the wrap.)"""
+    snippet = Snippet("""
+        mov esp, 0x10000                     # SP = 0: the first push wraps
+        mov ebp, 0x1fff0
+        .byte 0x66, 0xc8, 0x04, 0x00, 0x02   # o32 enter 4, 2
+        """)
+    result = run_emulator(snippet)
+    assert result.reg("rsp") == 0x1FFF0            # 0x1FFFC - 4 (level 1 copy) - 4 (frame) - 4
+    assert struct.unpack_from("<I", result.memory, 0xFFF4)[0] == 0x0001FFFC   # the frame: all of ESP
+    assert result.reg("rbp") == 0x0001FFFC
+
+
 @kvm
 def test_mov_to_cr0_ignores_reserved_bits():
     """SDM vol. 3, 2.5: reserved CR0 bits are ignored when written (KVM clears them too)."""
