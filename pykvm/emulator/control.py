@@ -93,7 +93,7 @@ def far_jmp(emu, selector: int, offset: int) -> int:
             raise CpuFault(EXC_GP, 0)
         load_cs_real(emu, selector)
         return offset
-    d, raw, addr = segments.check_code_segment(emu, selector)
+    selector, d, raw, addr, offset, _ = segments.far_target(emu, selector, offset, jump=True)
     _check_target(d, offset, emu.lma)
     load_cs_protected(emu, selector, d, raw, addr, st.cpl)
     return offset
@@ -109,9 +109,10 @@ def far_call(emu, selector: int, offset: int, size: int, return_eip: int) -> int
         load_cs_real(emu, selector)
         set_sp(emu, sp)
         return offset
-    d, raw, addr = segments.check_code_segment(emu, selector)
+    selector, d, raw, addr, offset, gate_size = segments.far_target(emu, selector, offset, jump=False)
     _check_target(d, offset, emu.lma)
-    sp = push(emu, (old_cs, return_eip), size)
+    # Through a call gate, the gate's size says how CS:EIP are pushed.
+    sp = push(emu, (old_cs, return_eip), gate_size or size)
     load_cs_protected(emu, selector, d, raw, addr, st.cpl)
     set_sp(emu, sp)
     return offset

@@ -124,11 +124,53 @@ def load_data_segment(emu, i: int, selector: int) -> None:
     refresh_bounds(emu, i)
 
 
+_CALL_GATES = (D.SYS_CALL_GATE16, D.SYS_CALL_GATE32)
+
+
+def far_target(emu, selector: int, offset: int, jump: bool):
+    """Where a protected-mode far JMP or CALL to ``selector:offset`` goes: straight to a code
+    segment, or through a call gate (legacy mode). Returns (CS selector, descriptor, raw,
+    address, EIP, size): ``size`` is the gate's push size (2 or 4), None without a gate."""
+    if selector & 0xFFFC and not emu.state.efer & EFER_LMA:
+        raw, _ = read_descriptor(emu, selector)
+        if not raw >> 44 & 1 and raw >> 40 & 0xF in _CALL_GATES:
+            return _through_call_gate(emu, selector, D.decode_gate(raw), jump)
+    d, raw, addr = check_code_segment(emu, selector)
+    return selector, d, raw, addr, offset, None
+
+
+def _through_call_gate(emu, selector: int, gate: D.Gate, jump: bool):
+    """SDM JMP and CALL, "call gate": the gate's DPL must admit CPL and RPL, the gate be present,
+    and its code segment be one CPL may reach (JMP: a non-conforming one of DPL = CPL only).
+    A call to a more privileged level (a stack switch through the TSS) is not emulated: in
+    non-PVM mode CPL is 0, so there is none."""
+    cpl = emu.state.cpl
+    if gate.dpl < cpl or gate.dpl < selector & 3:
+        raise CpuFault(EXC_GP, selector & 0xFFFC)
+    if not gate.present:
+        raise CpuFault(EXC_NP, selector & 0xFFFC)
+    target = gate.selector
+    if target & 0xFFFC == 0:
+        raise CpuFault(EXC_GP, 0)
+    raw, addr = read_descriptor(emu, target)
+    d = D.decode_descriptor(raw)
+    err = target & 0xFFFC
+    conforming = d.type & D.TYPE_CODE_CONFORMING
+    if not d.is_code or d.dpl > cpl or jump and not conforming and d.dpl != cpl:
+        raise CpuFault(EXC_GP, err)
+    if not d.present:
+        raise CpuFault(EXC_NP, err)
+    if not conforming and d.dpl < cpl:
+        raise NotImplementedError("a call gate to a more privileged level")
+    return target, d, raw, addr, gate.offset, 4 if gate.type == D.SYS_CALL_GATE32 else 2
+
+
 def check_code_segment(emu, selector: int, for_return: bool = False, ext: int = 0):
     """Validate a far JMP/CALL target code segment at the current CPL (no gates).
 
-    Returns (descriptor, raw, address). Call gates, task gates and TSS targets raise
-    ``NotImplementedError`` so the emulator reports them as unemulated.
+    Returns (descriptor, raw, address). Task gates and TSS targets (task switches), and call
+    gates in IA-32e mode, raise ``NotImplementedError`` so the emulator reports them as
+    unemulated.
     """
     st = emu.state
     if selector & 0xFFFC == 0:
@@ -141,7 +183,8 @@ def check_code_segment(emu, selector: int, for_return: bool = False, ext: int = 
         # is an ordinary #GP(selector).
         if not for_return and d.type in (D.SYS_CALL_GATE16, D.SYS_CALL_GATE32, D.SYS_TASK_GATE,
                                          D.SYS_TSS16_AVAIL, D.SYS_TSS32_AVAIL):
-            raise NotImplementedError("far transfer through a call gate, task gate or TSS")
+            raise NotImplementedError("far transfer through a task gate or TSS (a task switch), "
+                                      "or an IA-32e call gate")
         raise CpuFault(EXC_GP, err)
     if not d.type & D.TYPE_CODE:
         raise CpuFault(EXC_GP, err)

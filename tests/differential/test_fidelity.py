@@ -270,6 +270,32 @@ def test_far_return_to_a_system_descriptor_is_a_gp(kind):
     assert struct.unpack_from("<I", kernel.memory, STACK_TOP - 8 - 16)[0] == 0x68   # error code
 
 
+CALL_GATE_FAULTS = {
+    # (where the gate goes, the gate: target, present, the selector called): vector, error code
+    "rpl_above_the_gate_dpl": ((0x68, 0x08, 1, 0x6B), (13, 0x68)),
+    "gate_not_present": ((0x68, 0x08, 0, 0x68), (11, 0x68)),
+    "target_not_present": ((0x30, 0x68, 1, 0x30), (11, 0x68)),
+    "target_is_data": ((0x68, 0x10, 1, 0x68), (13, 0x10)),
+    "null_target": ((0x68, 0x00, 1, 0x68), (13, 0)),
+}
+
+
+@pytest.mark.parametrize("case", CALL_GATE_FAULTS)
+def test_call_gate_checks_fault_before_anything_is_pushed(case):
+    """SDM CALL, "CALL-GATE": #GP(gate selector) if the gate's DPL < CPL or RPL, #NP(gate
+    selector) if it is not present, #GP(0) for a null code selector, #GP(code selector) if that
+    is not a code segment, #NP(code selector) if not present. (The kernel's emulator refuses
+    call gates; unicorn reports the fault without delivering it: the SDM is the oracle here.)"""
+    (where, target, present, called), (vector, error) = CALL_GATE_FAULTS[case]
+    gate = D.encode_gate(target, 0x1234, D.SYS_CALL_GATE32, present=present)
+    snippet = protected(f".byte 0x9a\n .long 0\n .word {called:#x}", vector,
+                        memory=[(GDT + where, struct.pack("<Q", gate))])
+    result = run_emulator(snippet)
+    assert result.outcome == "halted" and result.reg("rdi") != 0xBAD      # the handler of ``vector`` ran
+    assert result.reg("rbp") == STACK_TOP - 16                          # nothing pushed before the fault
+    assert struct.unpack_from("<I", result.memory, STACK_TOP - 16)[0] == error
+
+
 def test_o32_enter_on_a_16bit_stack_keeps_the_upper_half_of_ebp():
     """SDM ENTER: "IF StackSize = 32 THEN EBP <- FrameTemp ELSE BP <- FrameTemp". test386.asm
     checks this against real CPUs; the kernel's emulator (EBP pushed and loaded with the

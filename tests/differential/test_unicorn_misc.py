@@ -78,6 +78,56 @@ CASES = {
         """),
 }
 
+# Call gates at the same privilege (CPL 0: all that non-PVM mode has), written into the bigger
+# GDT at run time so that they can point at labels: 0x70 a 32-bit gate to 0x08:target32, 0x78 a
+# 16-bit gate to 0x58 (16-bit code based at 0x10000):target16.
+GATES = f"""
+        lgdt [gdtr]
+        mov eax, offset target32
+        mov word ptr [{GDT + 0x70:#x}], ax
+        mov word ptr [{GDT + 0x72:#x}], 0x08
+        mov word ptr [{GDT + 0x74:#x}], 0x8c00      # present, DPL 0, 32-bit call gate
+        shr eax, 16
+        mov word ptr [{GDT + 0x76:#x}], ax
+        mov eax, offset target16
+        sub eax, 0x10000
+        mov word ptr [{GDT + 0x78:#x}], ax
+        mov word ptr [{GDT + 0x7a:#x}], 0x58
+        mov dword ptr [{GDT + 0x7c:#x}], 0x8400     # present, DPL 0, 16-bit call gate
+        jmp body
+    gdtr: .word {GDT_LIMIT + 16}
+        .long {GDT}
+    target32:
+        mov ebx, esp
+        mov ax, cs
+        cmp esp, 0x80000
+        je done                         # reached by a JMP: nothing was pushed
+        mov ecx, [esp]                  # the return EIP
+        movzx edx, word ptr [esp + 4]   # the caller's CS
+        retf
+    target16:
+        .code16
+        mov bx, sp
+        mov cx, [esp]
+        mov dx, [esp + 2]
+        mov ax, cs
+        .byte 0x66, 0xea                # jmp far 0x08:done (the pushed IP lost EIP[31:16])
+        .long done
+        .word 0x08
+        .code32
+    body:
+"""
+CALL_GATE = ".byte 0x9a\n .long 0x12345678\n .word {}\n"   # call far SEL:0x12345678 (the gate sets EIP)
+
+CASES.update({
+    "call_through_a_32bit_call_gate": Snippet(GATES + CALL_GATE.format(0x70) + "mov esi, esp\n done:\n",
+                                              bits=32, memory=gdt()),
+    "call_through_a_16bit_call_gate_pushes_16_bits": Snippet(GATES + CALL_GATE.format(0x78) + "done:\n",
+                                                             bits=32, memory=gdt()),
+    "jmp_through_a_32bit_call_gate": Snippet(GATES + ".byte 0xea\n .long 0\n .word 0x70\n done:\n", bits=32,
+                                             memory=gdt()),
+})
+
 
 @pytest.mark.parametrize("name", CASES)
 def test_matches_unicorn(name):
