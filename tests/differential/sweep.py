@@ -599,8 +599,8 @@ ORACLE_ERRATA: list[Erratum] = [
             "whose fetch through the new (random) page tables faults (SDM vol. 3, 4.1.1: paging applies from "
             "the instruction after the MOV to CR0)."),
     Erratum("unicorn", "unicorn: far CALL pushes before it faults",
-            lambda case, run, theirs, diffs: mnemonic(case.ins) == "CALL" and case.ins.is_call_far_indirect
-            and first_vector(run) is not None and all(d.startswith("memory") for d in diffs),
+            lambda case, run, theirs, diffs: mnemonic(case.ins) == "CALL"
+            and (case.ins.is_call_far or case.ins.is_call_far_indirect) and first_vector(run) is not None and all(d.startswith("memory") for d in diffs),
             "SDM CALL (far, same privilege): the selector, descriptor and target EIP are checked before "
             "CS and EIP are pushed, and a fault leaves no partial effect (vol. 3, 6.5); unicorn has "
             "pushed the return address."),
