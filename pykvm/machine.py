@@ -157,13 +157,14 @@ class Machine:
             self.bus = Bus()
             self.serial = Serial16550(serial_output if serial_output is not None else sys.stdout.buffer)
             self.bus.pio.register(COM1, 8, self.serial)
-            DebugCon(self.serial.emit).attach(self.bus)
             self.bus.pio.register(debug_exit.PORT, debug_exit.LENGTH, DebugExit())
             if self.rom is not None:
                 self.rom.attach(self.bus)
             if self.high_memory is not None:
                 self.bus.mmio.register(self.high_memory.base, self.high_memory.size, MemoryDevice(self.high_memory))
             self.platform = PcPlatform(self.bus, self.memory_map, testdev=testdev)
+            if not testdev:                  # pc-testdev's scratch register is at 0xe8-0xeb
+                DebugCon(self.serial.emit).attach(self.bus)
             self._ring = None
             if coalesce if coalesce is not None else os.environ.get("PYKVM_COALESCE", "1") != "0":
                 self._coalesce()

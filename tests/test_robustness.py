@@ -56,8 +56,8 @@ def finish(proc: subprocess.Popen, timeout: float) -> tuple[bytes, bytes]:
 
 
 def wait_for_line(proc: subprocess.Popen, marker: str) -> None:
-    """Read stderr until a line holds ``marker``: with ``-v``, "mode: real mode" says the guest
-    runs; with ``importtime``, "pykvm.quickrun" says pykvm's own signal handling is in place and
+    """Read stderr until a line holds ``marker``: with ``-v``, "mode: real mode" says the emulator
+    starts the guest; with ``importtime``, "pykvm.quickrun" says pykvm's own signal handling is in place and
     the command line is still being started (quickrun is the first module main() imports)."""
     deadline = time.monotonic() + 30
     while marker not in (line := proc.stderr.readline().decode()):
@@ -172,6 +172,7 @@ def test_a_stop_signal_stops_the_guest_flushes_its_output_and_ends_with_the_sign
     the process by the signal (the shell shows 143 / 129), Ctrl-C with status 130."""
     proc = start("run", "-v", image(ABC_THEN_SPIN))
     wait_for_line(proc, "mode: real mode")
+    time.sleep(0.3)         # the line comes as the emulator starts: the three OUTs take microseconds
     proc.send_signal(signum)
     sent = time.monotonic()
     out, err = finish(proc, 30)

@@ -49,3 +49,10 @@ def test_the_guest_console_is_one_stream_in_both_executors(mode, bits):
         machine.serial.flush()
     assert status == (0xE9 << 1 | 1) and out.getvalue() == b"ds\n"
     assert machine.stats.emulated_instructions if mode == "real" else machine.stats.kvm_exits
+
+
+@pytest.mark.kvm
+def test_with_the_testdev_the_port_is_the_testdevs():
+    with Machine(serial_output=io.BytesIO(), testdev=True) as machine:
+        machine.bus.pio_write(0xE8, 4, 0x12345678)
+        assert machine.bus.pio_read(PORT, 1) == 0x56           # its scratch register's second byte
