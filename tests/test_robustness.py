@@ -56,9 +56,10 @@ def finish(proc: subprocess.Popen, timeout: float) -> tuple[bytes, bytes]:
 
 
 def wait_for_line(proc: subprocess.Popen, marker: str) -> None:
-    """Read stderr until a line holds ``marker``: with ``-v``, "mode: real mode" says the emulator
-    starts the guest; with ``importtime``, "pykvm.quickrun" says pykvm's own signal handling is in place and
-    the command line is still being started (quickrun is the first module main() imports)."""
+    """Read stderr until a line holds ``marker``: with ``-v``, "mode: real mode" says the
+    emulator starts the guest; with ``importtime``, "pykvm.quickrun" says pykvm's own signal
+    handling is in place and the command line is still being started (quickrun is the first
+    module main() imports)."""
     deadline = time.monotonic() + 30
     while marker not in (line := proc.stderr.readline().decode()):
         if not line or time.monotonic() > deadline:
