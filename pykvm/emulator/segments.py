@@ -131,11 +131,13 @@ def far_target(emu, selector: int, offset: int, jump: bool):
     """Where a protected-mode far JMP or CALL to ``selector:offset`` goes: straight to a code
     segment, or through a call gate (legacy mode). Returns (CS selector, descriptor, raw,
     address, EIP, size): ``size`` is the gate's push size (2 or 4), None without a gate."""
+    fetched = None
     if selector & 0xFFFC and not emu.state.efer & EFER_LMA:
-        raw, _ = read_descriptor(emu, selector)
+        fetched = read_descriptor(emu, selector)
+        raw = fetched[0]
         if not raw >> 44 & 1 and raw >> 40 & 0xF in _CALL_GATES:
             return _through_call_gate(emu, selector, D.decode_gate(raw), jump)
-    d, raw, addr = check_code_segment(emu, selector)
+    d, raw, addr = check_code_segment(emu, selector, fetched=fetched)
     return selector, d, raw, addr, offset, None
 
 
@@ -165,17 +167,18 @@ def _through_call_gate(emu, selector: int, gate: D.Gate, jump: bool):
     return target, d, raw, addr, gate.offset, 4 if gate.type == D.SYS_CALL_GATE32 else 2
 
 
-def check_code_segment(emu, selector: int, for_return: bool = False, ext: int = 0):
+def check_code_segment(emu, selector: int, for_return: bool = False, ext: int = 0, fetched=None):
     """Validate a far JMP/CALL target code segment at the current CPL (no gates).
 
-    Returns (descriptor, raw, address). Task gates and TSS targets (task switches), and call
+    Returns (descriptor, raw, address); ``fetched`` is (raw, address) when the caller has read
+    the descriptor already. Task gates and TSS targets (task switches), and call
     gates in IA-32e mode, raise ``NotImplementedError`` so the emulator reports them as
     unemulated.
     """
     st = emu.state
     if selector & 0xFFFC == 0:
         raise CpuFault(EXC_GP, ext)
-    raw, addr = read_descriptor(emu, selector, ext=ext)
+    raw, addr = fetched or read_descriptor(emu, selector, ext=ext)
     d = D.decode_descriptor(raw)
     err = (selector & 0xFFFC) | ext
     if not d.s:
