@@ -178,15 +178,16 @@ TICKS16 = """
     out 0x40, al
     mov al, 0x04
     out 0x40, al
-    xor cx, cx
+    xor bx, bx
 again:
     sti
     hlt
     cli
-    cmp cx, 3
+    inc bx                                  # wake-ups; the handler counts ticks in CX
+    cmp bx, 3
     jb again
-    mov al, cl
-    out 0xf4, al                            # status (3 << 1) | 1 = 7: three wake-ups, three ticks
+    mov al, bl
+    out 0xf4, al                            # status (3 << 1) | 1 = 7: three wake-ups
 tick:
     inc cx
     mov al, 0x20
@@ -210,7 +211,8 @@ def test_stepping_sleeps_in_hlt_and_delivers_each_tick_once():
                 break
         assert stop.status == 7
         events = [i for i, r in enumerate(records) if r.event == "interrupt"]
-        assert len(events) == 3
+        handled = [r for r in records if r.asm == "inc cx"]
+        assert len(events) == len(handled) >= 3             # each tick delivered once
         halts = [i for i, r in enumerate(records) if r.asm == "hlt"]
         assert halts and all(records[i + 1].event == "interrupt" for i in halts)
         # A tick can also arrive while the handler runs (a loaded host steps slowly): then it is
