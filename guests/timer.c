@@ -383,13 +383,15 @@ static unsigned seconds_of_day(const struct rtc_time *t)
 }
 
 /* Wait (ticks running) for UIP to rise and then fall: an update just happened and
- * the next is a second away.  0 if none was seen within 2.5 s. */
+ * the next is a second away.  0 if none was seen within 10 s: UIP is high for only
+ * 244 us before each update, and a loaded host can deschedule the vCPU across a
+ * few of them. */
 static int rtc_wait_update(void)
 {
     unsigned start = irq_count[TIMER_IRQ];
     for (int want_uip = 1; want_uip >= 0; want_uip--) {
         while (((cmos_read(RTC_REG_A) & RTC_A_UIP) != 0) != want_uip) {
-            if (irq_count[TIMER_IRQ] - start > 250)
+            if (irq_count[TIMER_IRQ] - start > 1000)
                 return 0;
             interrupt_window();
         }

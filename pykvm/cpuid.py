@@ -8,20 +8,26 @@ with KVM_GET_CPUID2: PVM adjusts the table it is given), looked up with KVM's ru
 from __future__ import annotations
 
 from pykvm.kvm._ffi import ffi
+from pykvm.x86.bits import AMD_VENDOR_NAMES
 
 _FLAG_SIGNIFICANT_INDEX = 1  # KVM_CPUID_FLAG_SIGNIFCANT_INDEX: the leaf has subleaves
 _ZEROS = (0, 0, 0, 0)
 # Vendor strings (EBX, EDX, ECX of leaf 0) of the CPUs that read out-of-range leaves as zeros.
-_AMD_VENDORS = {tuple(int.from_bytes(name[i:i + 4], "little") for i in (0, 4, 8))
-                for name in (b"AuthenticAMD", b"AMDisbetter!", b"HygonGenuine")}
+_AMD_VENDORS = {tuple(int.from_bytes(name[i:i + 4], "little") for i in (0, 4, 8)) for name in AMD_VENDOR_NAMES}
+
+
+_X2APIC, _TSC_DEADLINE = 1 << 21, 1 << 24       # leaf 1 ECX
 
 
 def vcpu_cpuid(supported, apic_id: int):
-    """A copy of ``supported`` (a ``struct kvm_cpuid2 *``) with the APIC IDs made this vCPU's own.
+    """A copy of ``supported`` (a ``struct kvm_cpuid2 *``) with the APIC IDs made this vCPU's own
+    and only the local APIC pykvm models.
 
     KVM_GET_SUPPORTED_CPUID reports the initial APIC ID of whichever host core answered
     (leaf 1 EBX[31:24], leaves 0xB/0x1F EDX), so a VMM must set them, as QEMU and
-    Firecracker do; otherwise CPUID would differ from run to run.
+    Firecracker do; otherwise CPUID would differ from run to run. It also reports x2APIC and
+    the TSC-deadline timer, which KVM emulates only in an in-kernel APIC: pykvm's local APIC
+    (devices/lapic.py) is an xAPIC without TSC-deadline mode, so the vCPU does not offer them.
     """
     n = supported.nent
     cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": n, "entries": n})
@@ -31,6 +37,7 @@ def vcpu_cpuid(supported, apic_id: int):
         e = cpuid.entries[i]
         if e.function == 1:
             e.ebx = (e.ebx & 0x00FFFFFF) | ((apic_id & 0xFF) << 24)
+            e.ecx &= ~(_X2APIC | _TSC_DEADLINE)
         elif e.function in (0xB, 0x1F):
             e.edx = apic_id
     return cpuid

@@ -48,6 +48,7 @@ DEFAULT_MEMORY = 64 << 20
 EMULATORS = ("userspace", "kernel")
 _EXIT_IO, _EXIT_HLT, _EXIT_MMIO, _EXIT_INTR = ExitReason.IO, ExitReason.HLT, ExitReason.MMIO, ExitReason.INTR
 _EXIT_DEBUG, _EXIT_IRQ_WINDOW = ExitReason.DEBUG, ExitReason.IRQ_WINDOW_OPEN
+_EXIT_SET_TPR = ExitReason.SET_TPR
 STEPPED = -1  # _run_kvm's answer when a single step completed (statuses are >= 0)
 HW_BREAKPOINTS = 4  # DR0-DR3: what KVM_SET_GUEST_DEBUG offers in PVM mode (software INT3 fails there)
 _DR6_HITS = 0xF     # DR6.B0-B3: which hardware breakpoint a debug exit reports
@@ -291,6 +292,8 @@ class Machine:
         """Start the vCPU from ``state`` (in the emulator or in KVM, whichever its mode calls for)."""
         self.state = state
         self.in_pvm_mode = False
+        self.platform.lapic.cpu = state
+        self.platform.lapic.sync()
         if self._emulator is not None:
             self._emulator.state = state  # also drops its translations: guest memory was rewritten
         if self.emulator_kind == "kernel" or pvm.may_convert(state):
@@ -306,13 +309,14 @@ class Machine:
             emulator.intr_pending = self.platform.intr
             emulator.events = self.events
             emulator.msr_backend = MsrBackend(self.vcpu)
+            emulator.apic_base_observer = self.platform.lapic.sync
             emulator.breakpoint_observer = self._emulator_breakpoint
             if self.breakpoints:
                 emulator.set_breakpoints(self.breakpoints)
         return self._emulator
 
     def _intr_changed(self, level: bool) -> None:
-        """The PIC's INTR output changed: the emulator takes it at its next instruction boundary;
+        """The processor's INTR input changed: the emulator takes it at its next instruction boundary;
         under KVM the run loop injects it before the next KVM_RUN."""
         if self._emulator is not None:
             self._emulator.intr_pending = level
@@ -329,8 +333,12 @@ class Machine:
             if self.stop_on_conversion and not self._in_step:
                 self.request_stop(DebugStop("conversion"))
         store_state(self.vcpu, self.state)
+        kvm_run = self.vcpu.kvm_run
+        kvm_run.cr8 = self.state.cr8             # KVM_RUN loads CR8 from here (no in-kernel APIC)
+        kvm_run.apic_base = self.state.apic_base
+        self.platform.lapic.cpu = kvm_run        # KVM reports both here at every exit
         # Stale from before the emulator ran: inject only after KVM has said it can take one.
-        self.vcpu.kvm_run.ready_for_interrupt_injection = 0
+        kvm_run.ready_for_interrupt_injection = 0
         self._sync_valid = False
         self.in_pvm_mode = True
         if len(self.breakpoints) > HW_BREAKPOINTS:
@@ -345,6 +353,7 @@ class Machine:
         sync = self.vcpu.sync_regs
         self.state = state_from_kvm(sync.regs, sync.sregs, self.vcpu.get_msrs(SYNCED_MSRS), self.state)
         self.in_pvm_mode = False
+        self.platform.lapic.cpu = self.state
         self.stats.reentries += 1
         self._end_hold_off()
         if self._emulator is not None:
@@ -564,12 +573,12 @@ class Machine:
             tracer = self._log_exit
         elif tracer is not None:
             run_exit = tracer.timed(run_exit)     # --trace: time spent inside KVM_RUN itself
-        pic = self.platform.pic
+        platform = self.platform
         started = time.perf_counter()
         halted = stats.halted_seconds
         try:
             while not events.pending:
-                if pic.intr:
+                if platform.intr:
                     if exits:
                         self._sync_valid = True
                     status = self._inject(kvm_run)
@@ -645,6 +654,9 @@ class Machine:
                     return None
                 if reason == _EXIT_IRQ_WINDOW:
                     continue              # the guest can take the pending interrupt now
+                if reason == _EXIT_SET_TPR:
+                    platform.lapic.sync()  # CR8 lowered: an interrupt it held back may be due
+                    continue
                 if reason == _EXIT_DEBUG and exit_.dr6 & _DR6_HITS and not self._single_stepping:
                     # A hardware breakpoint (a fault: the instruction has not run).
                     self.request_stop(DebugStop("breakpoint", exit_.pc))
@@ -678,6 +690,10 @@ class Machine:
         """INTR is up: inject the interrupt if KVM says the guest can take it now, else ask KVM
         to exit as soon as it can (the KVM API's pattern for a userspace interrupt controller)
         and step towards that moment (``_hold_off``). Returns a status if the guest halted."""
+        self.platform.lapic.sync()         # the guest may have moved CR8 or IA32_APIC_BASE under KVM
+        if not self.platform.intr:
+            kvm_run.request_interrupt_window = 0
+            return None
         if kvm_run.ready_for_interrupt_injection and kvm_run.if_flag:
             self.vcpu.interrupt(self.platform.acknowledge())
             self.stats.interrupts_injected += 1

@@ -1,13 +1,15 @@
 """The PC platform around the vCPU: the devices every guest finds, and its interrupt line.
 
 ``PcPlatform`` puts on the bus what a PC has besides the UART and the debug-exit port: the
-cascaded 8259 PICs (as a BIOS leaves them), the 8254 PIT with port 0x61, the CMOS/RTC with
-the memory-size bytes, port 0x92 and the 8042's reset line, the POST-code port, and, on
-request, QEMU's pc-testdev. The machine sees three things of it:
+vCPU's local APIC, the cascaded 8259 PICs (as a BIOS leaves them), the 8254 PIT with port
+0x61, the CMOS/RTC with the memory-size bytes, port 0x92 and the 8042's reset line, the
+POST-code port, and, on request, QEMU's pc-testdev. The machine sees three things of it:
 
-* ``intr`` and ``acknowledge()``: the PIC's INTR output and the INTA cycle, whoever executes
-  (the emulator or KVM_INTERRUPT). ``on_intr_change`` tells the machine when INTR changes.
-* ``poll()``: raise the timer interrupts (PIT, RTC) due by now; cheap until one is due.
+* ``intr`` and ``acknowledge()``: the processor's INTR input and the INTA cycle, whoever
+  executes (the emulator or KVM_INTERRUPT). The local APIC's own interrupts come first; the
+  PIC's reach the processor when the APIC lets them through (LINT0 in ExtINT mode, or the
+  APIC hardware-disabled). ``on_intr_change`` tells the machine when INTR changes.
+* ``poll()``: raise the timer interrupts (PIT, RTC, APIC timer) due by now; cheap until one is due.
 * ``next_deadline_ns()``: when the next one is due, to sleep in HLT or arm a host timer.
 
 Timers run on CLOCK_MONOTONIC, never on instruction counts.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from pykvm.devices.lapic import LocalApic
 from pykvm.devices.pic import Pic
 from pykvm.devices.pit import Pit
 from pykvm.devices.port61 import SystemControlB
@@ -33,7 +36,10 @@ RTC_IRQ = 8
 class PcPlatform:
     """The PC devices of one machine, attached to its bus."""
 
-    def __init__(self, bus, memory_map: MemoryMap, testdev: bool = False):
+    def __init__(self, bus, memory_map: MemoryMap, testdev: bool = False, apic_id: int = 0):
+        self.intr = False
+        self.on_intr_change: Callable[[bool], None] | None = None
+        self.lapic = LocalApic(apic_id)
         self.pic = pic = Pic.bios_initialised()
         self.pit = Pit(irq=partial(pic.set_irq, PIT_IRQ))
         # CMOS says what the map says: RAM below 4 GiB counted from 0, as a BIOS reports it.
@@ -44,27 +50,27 @@ class PcPlatform:
         self.kbc = Kbc8042()
         self.post = PostCode()
         self.testdev = PcTestdev(pic.set_irq) if testdev else None  # its MMIO page is in the map
-        for device in (pic, self.pit, self.rtc, self.port61, self.port92, self.kbc, self.post, self.testdev):
+        for device in (self.lapic, pic, self.pit, self.rtc, self.port61, self.port92, self.kbc, self.post, self.testdev):
             if device is not None:
                 device.attach(bus)
-        self._timers = (self.pit, self.rtc)
+        self._timers = (self.pit, self.rtc, self.lapic)
+        pic.on_intr_change = self._update_intr
+        self.lapic.on_change = self._update_intr
 
     # -- the interrupt line ---------------------------------------------------------------------
-    @property
-    def intr(self) -> bool:
-        return self.pic.intr
+    def _update_intr(self, *_) -> None:
+        lapic = self.lapic
+        level = lapic.pending or (self.pic.intr and lapic.accepts_pic)
+        if level != self.intr:
+            self.intr = level
+            if self.on_intr_change is not None:
+                self.on_intr_change(level)
 
     def acknowledge(self) -> int:
-        """INTA: the vector of the highest-priority pending request (IRR -> ISR)."""
-        return self.pic.acknowledge()
-
-    @property
-    def on_intr_change(self) -> Callable[[bool], None] | None:
-        return self.pic.on_intr_change
-
-    @on_intr_change.setter
-    def on_intr_change(self, callback: Callable[[bool], None] | None) -> None:
-        self.pic.on_intr_change = callback
+        """INTA: the vector of the highest-priority pending request (IRR -> ISR), the local
+        APIC's first."""
+        vector = self.lapic.acknowledge()
+        return self.pic.acknowledge() if vector is None else vector
 
     # -- timers -----------------------------------------------------------------------------------
     def poll(self) -> None:
@@ -74,7 +80,9 @@ class PcPlatform:
 
     def next_deadline_ns(self) -> int | None:
         """CLOCK_MONOTONIC time of the next timer interrupt, or None when none is coming."""
-        pit, rtc = self.pit.next_deadline_ns(), self.rtc.next_deadline_ns()
-        if pit is None or rtc is None:
-            return rtc if pit is None else pit
-        return min(pit, rtc)
+        soonest = None
+        for timer in self._timers:
+            deadline = timer.next_deadline_ns()
+            if deadline is not None and (soonest is None or deadline < soonest):
+                soonest = deadline
+        return soonest

@@ -79,6 +79,8 @@ class Emulator(SystemOps):
         # Where MSRs outside the emulator's own live (``read(index) -> int | None``,
         # ``write(index, value) -> bool``): the vCPU, so the emulator has exactly KVM's MSRs.
         self.msr_backend = None
+        # Called after each WRMSR to IA32_APIC_BASE (the local APIC follows its enable bit).
+        self.apic_base_observer = None
         self.R = state.gpr
         self.mmu = Mmu(state, memory, bus, self._on_code_write)
         self.lf = (0, 0, 0, state.rflags & ARITH)

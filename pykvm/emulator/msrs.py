@@ -42,6 +42,22 @@ GUEST_READ_ONLY = frozenset({
 })
 GUEST_WRITE_IGNORED = frozenset({0x8B})     # IA32_BIOS_SIGN_ID / microcode revision
 
+_MC_BANKS_END = B.MSR_IA32_MC0_CTL + 4 * 32            # KVM's most: 32 banks of CTL/STATUS/ADDR/MISC
+_HWCR_MC_STATUS_WR_EN = 1 << 18
+_AMD_VENDORS = {tuple(int.from_bytes(name[i:i + 4], "little") for i in (0, 4, 8)) for name in B.AMD_VENDOR_NAMES}
+
+
+def guest_write_refused(index: int, value: int, cpuid, backend) -> bool:
+    """Whether KVM refuses this WRMSR from the guest although it takes it from the host: a
+    nonzero write to an MCi_STATUS register, which only an AMD processor with
+    HWCR.McStatusWrEn set accepts (zero clears the register everywhere)."""
+    if not (B.MSR_IA32_MC0_CTL <= index < _MC_BANKS_END and index & 3 == 1 and value):
+        return False
+    _, ebx, ecx, edx = cpuid(0, 0)
+    if (ebx, edx, ecx) not in _AMD_VENDORS:
+        return True
+    return not (backend.read(B.MSR_AMD64_HWCR) or 0) & _HWCR_MC_STATUS_WR_EN
+
 # Without a backend, the emulator models these too (what boot code reads and writes).
 PLAIN = frozenset({
     B.MSR_IA32_SYSENTER_CS, B.MSR_IA32_SYSENTER_ESP, B.MSR_IA32_SYSENTER_EIP, B.MSR_IA32_MISC_ENABLE,

@@ -345,6 +345,8 @@ class SystemOps:
             self._write_efer(value)
         elif index == B.MSR_IA32_APIC_BASE:
             st.apic_base = msrs.checked_apic_base(st.apic_base, value, self.cpuid)
+            if self.apic_base_observer is not None:
+                self.apic_base_observer()
         elif index == B.MSR_IA32_TSC:
             if self.msr_backend is None or not self.msr_backend.write(index, value):
                 self.tsc_offset = value - time.monotonic_ns()
@@ -354,7 +356,8 @@ class SystemOps:
                 seg = st.seg[4 if index == B.MSR_FS_BASE else 5]
                 seg.base = value
             st.msrs[index] = value
-        elif self.msr_backend is None or index in msrs.GUEST_READ_ONLY:
+        elif (self.msr_backend is None or index in msrs.GUEST_READ_ONLY
+              or msrs.guest_write_refused(index, value, self.cpuid, self.msr_backend)):
             raise CpuFault(B.EXC_GP, 0)
         elif index in msrs.GUEST_WRITE_IGNORED:
             if self.msr_backend.read(index) is None:

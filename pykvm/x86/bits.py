@@ -67,6 +67,11 @@ MSR_FS_BASE = 0xC0000100
 MSR_GS_BASE = 0xC0000101
 MSR_KERNEL_GS_BASE = 0xC0000102
 MSR_TSC_AUX = 0xC0000103
+MSR_IA32_MC0_CTL = 0x400
+MSR_AMD64_HWCR = 0xC0010015
+
+# CPUID leaf 0 vendor names of the processors that follow AMD's rules (EBX, EDX, ECX order).
+AMD_VENDOR_NAMES = (b"AuthenticAMD", b"AMDisbetter!", b"HygonGenuine")
 
 # Exception vectors
 EXC_DE = 0
