@@ -175,6 +175,8 @@ class Machine:
         # A Machine dropped without close() is closed when collected, with one ResourceWarning.
         self._finalizer = weakref.finalize(self, _close_dropped, self.serial, self.vm, self.kvm)
         self.platform.on_intr_change = self._intr_changed
+        self.platform.on_nmi = self._nmi
+        self._kvm_nmi = (False, False)  # (pending, blocked) as KVM last had them
         self._control: RunControl | None = None
         self.state: CpuState | None = None
         self.in_pvm_mode = False      # True while KVM holds the authoritative vCPU state
@@ -306,7 +308,7 @@ class Machine:
 
             self._emulator = emulator = Emulator(self.state, self.memory, self.bus, cpuid=self.cpuid)
             emulator.interrupt_controller = self.platform
-            emulator.intr_pending = self.platform.intr
+            emulator.set_intr(self.platform.intr)
             emulator.events = self.events
             emulator.msr_backend = MsrBackend(self.vcpu)
             emulator.apic_base_observer = self.platform.lapic.sync
@@ -319,7 +321,18 @@ class Machine:
         """The processor's INTR input changed: the emulator takes it at its next instruction boundary;
         under KVM the run loop injects it before the next KVM_RUN."""
         if self._emulator is not None:
-            self._emulator.intr_pending = level
+            self._emulator.set_intr(level)
+
+    def _nmi(self) -> None:
+        """An NMI for the vCPU (the local APIC's NMI IPI): KVM_NMI under KVM, else latched for
+        the emulator. Either way it is taken at an instruction boundary once no NMI handler
+        is running (blocked from one NMI's delivery until the next IRET)."""
+        if self.in_pvm_mode:
+            self.vcpu.nmi()
+        elif self._emulator is not None:
+            self._emulator.raise_nmi()
+        elif self.state is not None:
+            self.state.nmi_pending = True
 
     # -- switching --------------------------------------------------------------------------
     def _enter_kvm(self) -> None:
@@ -333,6 +346,9 @@ class Machine:
             if self.stop_on_conversion and not self._in_step:
                 self.request_stop(DebugStop("conversion"))
         store_state(self.vcpu, self.state)
+        nmi = (self.state.nmi_pending, self.state.nmi_blocked)
+        if nmi != self._kvm_nmi:
+            self.vcpu.set_nmi_state(*nmi)
         kvm_run = self.vcpu.kvm_run
         kvm_run.cr8 = self.state.cr8             # KVM_RUN loads CR8 from here (no in-kernel APIC)
         kvm_run.apic_base = self.state.apic_base
@@ -352,6 +368,8 @@ class Machine:
             self._drain_coalesced()
         sync = self.vcpu.sync_regs
         self.state = state_from_kvm(sync.regs, sync.sregs, self.vcpu.get_msrs(SYNCED_MSRS), self.state)
+        self._kvm_nmi = self.state.nmi_pending, self.state.nmi_blocked = (bool(sync.events.nmi.pending),
+                                                                         bool(sync.events.nmi.masked))
         self.in_pvm_mode = False
         self.platform.lapic.cpu = self.state
         self.stats.reentries += 1

@@ -8,7 +8,8 @@ POST-code port, and, on request, QEMU's pc-testdev. The machine sees three thing
 * ``intr`` and ``acknowledge()``: the processor's INTR input and the INTA cycle, whoever
   executes (the emulator or KVM_INTERRUPT). The local APIC's own interrupts come first; the
   PIC's reach the processor when the APIC lets them through (LINT0 in ExtINT mode, or the
-  APIC hardware-disabled). ``on_intr_change`` tells the machine when INTR changes.
+  APIC hardware-disabled). ``on_intr_change`` tells the machine when INTR changes,
+  ``on_nmi`` that the APIC sent the vCPU an NMI.
 * ``poll()``: raise the timer interrupts (PIT, RTC, APIC timer) due by now; cheap until one is due.
 * ``next_deadline_ns()``: when the next one is due, to sleep in HLT or arm a host timer.
 
@@ -39,6 +40,7 @@ class PcPlatform:
     def __init__(self, bus, memory_map: MemoryMap, testdev: bool = False, apic_id: int = 0):
         self.intr = False
         self.on_intr_change: Callable[[bool], None] | None = None
+        self.on_nmi: Callable[[], None] | None = None      # an NMI for the vCPU
         self.lapic = LocalApic(apic_id)
         self.pic = pic = Pic.bios_initialised()
         self.pit = Pit(irq=partial(pic.set_irq, PIT_IRQ))
@@ -56,6 +58,11 @@ class PcPlatform:
         self._timers = (self.pit, self.rtc, self.lapic)
         pic.on_intr_change = self._update_intr
         self.lapic.on_change = self._update_intr
+        self.lapic.on_nmi = self._nmi
+
+    def _nmi(self) -> None:
+        if self.on_nmi is not None:
+            self.on_nmi()
 
     # -- the interrupt line ---------------------------------------------------------------------
     def _update_intr(self, *_) -> None:

@@ -15,8 +15,8 @@ kvm-unit-tests' start-up code expects of it:
 * inter-processor interrupts by the ICR. This vCPU is the only processor, so "self", "all
   including self" and a destination that names it (physical ID or 0xFF; logical flat or
   cluster) reach it and "all but self" reaches nobody: fixed and lowest-priority vectors
-  are accepted, INIT and start-up find no other processor, NMI and SMI are logged and
-  dropped. The delivery status always reads idle;
+  are accepted, an NMI goes to ``on_nmi()``, INIT and start-up find no other processor, an
+  SMI is logged and dropped. The delivery status always reads idle;
 * the timer, one-shot or periodic, on the host clock at KVM's APIC bus frequency (1 GHz)
   divided as configured, a periodic period no shorter than KVM's 200 us. TSC-deadline
   mode is not offered (the vCPU's CPUID does not report it);
@@ -31,8 +31,8 @@ loads CR8 from at every KVM_RUN (the KVM API's rule without an in-kernel APIC). 
 reads them; the APIC does so at every access to its page and before every INTA. While
 IA32_APIC_BASE.EN is clear the page is not decoded (reads float) and no interrupt is accepted.
 
-Not modelled: x2APIC (not in the vCPU's CPUID), a relocated base (logged), NMI and SMI
-delivery, level-triggered interrupts and remote IRR (there is no I/O APIC), the error
+Not modelled: x2APIC (not in the vCPU's CPUID), a relocated base (logged), SMIs, NMIs
+through LINT0/LINT1 or the LVT, level-triggered interrupts and remote IRR (there is no I/O APIC), the error
 interrupt.
 """
 
@@ -92,6 +92,7 @@ class LocalApic(TimedDevice):
     def __init__(self, apic_id: int = 0, clock=time.monotonic_ns):
         self.clock = clock
         self.on_change = None
+        self.on_nmi = None
         self.cpu = None
         self.apic_id = apic_id
         self.hw_enabled = True
@@ -271,8 +272,11 @@ class LocalApic(TimedDevice):
             return                                   # no other processor to reach
         if mode in (MODE_FIXED, MODE_LOWEST):
             self.accept(vector)
-        elif mode in (MODE_NMI, MODE_SMI):
-            log.warning("local APIC: %s IPI to itself dropped (not modelled)", "NMI" if mode == MODE_NMI else "SMI")
+        elif mode == MODE_NMI:
+            if self.on_nmi is not None:
+                self.on_nmi()
+        elif mode == MODE_SMI:
+            log.warning("local APIC: SMI IPI to itself dropped (not modelled)")
 
     def _is_destination(self, icr: int) -> bool:
         dest = self.icr_high >> 24

@@ -6,9 +6,10 @@ device bus; ``TripleFault`` is raised when the guest shuts down by triple-faulti
 Beyond ``run``/``step``/``invalidate_code_cache``/``instructions_executed``:
 ``emu.state = new_state`` adopts a new state object (caches are flushed), ``sync()``
 re-derives everything after editing segment registers in place. External interrupts: the
-owner keeps ``intr_pending`` equal to the interrupt controller's INTR output and sets
-``interrupt_controller`` (``acknowledge() -> vector``); ``run`` takes them at instruction
-boundaries as the CPU does (IF, the STI / MOV SS shadow, HLT).
+owner passes the interrupt controller's INTR output to ``set_intr(level)`` and sets
+``interrupt_controller`` (``acknowledge() -> vector``); ``raise_nmi()`` latches an NMI;
+``run`` takes them at instruction boundaries as the CPU does (IF, the STI / MOV SS shadow,
+HLT, NMIs blocked from one NMI's delivery to the next IRET).
 
 Module map: ``emulator`` (run loop, block cache), ``translate`` (blocks), ``codegen``
 (instruction templates), ``ops_*`` (instruction families), ``flags`` (lazy EFLAGS),

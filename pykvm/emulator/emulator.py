@@ -26,7 +26,7 @@ from pykvm.x86.state import CS, SS, CpuState
 from pykvm.emulator.system import SystemOps
 from pykvm.emulator.translate import translate_block
 from pykvm.errors import EmulationError, GuestShutdownError
-from pykvm.x86.bits import CR0_PE, CR0_PG, CR0_WP, EFER_LMA, FLAG_IF, FLAG_RF, FLAG_TF, FLAG_VM
+from pykvm.x86.bits import CR0_PE, CR0_PG, CR0_WP, EFER_LMA, EXC_NMI, FLAG_IF, FLAG_RF, FLAG_TF, FLAG_VM
 
 _OWN_CODE = (os.path.join("pykvm", "emulator", ""), os.path.join("pykvm", "x86", ""), "<x86-template>")
 
@@ -87,8 +87,11 @@ class Emulator(SystemOps):
         self.stop = False
         self.shadow = False
         self.instructions_executed = 0
-        # The INTR line, kept by the machine from the interrupt controller, and the controller
-        # itself (``acknowledge() -> vector`` is the INTA cycle). Checked once per block.
+        # The INTR line, kept by the machine from the interrupt controller (``set_intr``), and
+        # the controller itself (``acknowledge() -> vector`` is the INTA cycle). intr_pending,
+        # checked once per block, is INTR or a latched NMI (``raise_nmi``); with no NMI
+        # latched it is INTR itself (an owner may set it directly).
+        self.intr_line = False
         self.intr_pending = False
         self.interrupt_controller = None
         self.interrupts_delivered = 0
@@ -504,7 +507,7 @@ class Emulator(SystemOps):
         block, so checking between blocks is checking before every instruction.
         """
         st = self.state
-        if max_instructions <= 0 or (st.halted and not (self.intr_pending and st.rflags & FLAG_IF)):
+        if max_instructions <= 0 or (st.halted and not self._interrupt_deliverable()):
             return 0
         self._sync_in()
         if self.bitness == 64:
@@ -533,12 +536,13 @@ class Emulator(SystemOps):
                     seen = bus.accesses
                     check_at = done + batch
                 limit = max_instructions - done
-                if self.intr_pending and st.rflags & FLAG_IF:
+                if self.intr_pending and (st.rflags & FLAG_IF or st.nmi_pending):
                     if not st.interrupt_shadow:
-                        blk = None
-                        self._take_interrupt()
-                        break
-                    limit = 1         # the instruction after STI / MOV SS runs first
+                        if self._take_interrupt():
+                            blk = None
+                            break
+                    else:
+                        limit = 1     # the instruction after STI / MOV SS runs first
                 rf = st.rflags & FLAG_RF
                 if rf:
                     # EFLAGS.RF (loaded by IRET) is cleared when the next instruction completes.
@@ -681,16 +685,44 @@ class Emulator(SystemOps):
         return EmulationError(message, rip=lin, code=code, mnemonic=text)
 
     # -- events from outside ------------------------------------------------------------------
+    def set_intr(self, level: bool) -> None:
+        """The interrupt controller's INTR output changed."""
+        self.intr_line = level
+        self.intr_pending = level or self.state.nmi_pending
+
+    def raise_nmi(self) -> None:
+        """An NMI arrives: latched (one at most) until the vCPU can take it, ahead of INTR."""
+        self.state.nmi_pending = True
+        self.intr_pending = True
+
+    def _intr_up(self) -> bool:
+        return self.intr_line or not self.state.nmi_pending
+
+    def _interrupt_deliverable(self) -> bool:
+        st = self.state
+        return self.intr_pending and ((st.nmi_pending and not st.nmi_blocked)
+                                      or (bool(st.rflags & FLAG_IF) and self._intr_up()))
+
     def preempt_requested(self) -> bool:
         """Whether a long REP instruction should stop between elements: the run loop has an
         event to handle, or an interrupt the vCPU can take is pending."""
         events = self.events
-        return bool((events is not None and events.pending)
-                    or (self.intr_pending and self.state.rflags & FLAG_IF))
+        return bool((events is not None and events.pending) or self._interrupt_deliverable())
 
-    def _take_interrupt(self) -> None:
-        """INTA and delivery of the pending external interrupt (inside ``run``)."""
-        vector = self.interrupt_controller.acknowledge()
-        self.state.halted = False
+    def _take_interrupt(self) -> bool:
+        """Deliver what is pending at this instruction boundary (inside ``run``): an NMI not
+        blocked by one in service first, else INTR (INTA) if IF = 1. False if neither can be."""
+        st = self.state
+        if st.nmi_pending and not st.nmi_blocked:
+            st.nmi_pending = False
+            st.nmi_blocked = True
+            self.intr_pending = self.intr_line
+            vector = EXC_NMI
+        elif st.rflags & FLAG_IF and self._intr_up():
+            vector = self.interrupt_controller.acknowledge()
+        else:
+            return False
+        st.halted = False
         deliver_external(self, vector)
         self.interrupts_delivered += 1
+        return True

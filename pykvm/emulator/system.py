@@ -120,7 +120,9 @@ class SystemOps:
         return control.far_ret(self, size, imm)
 
     def iret(self, size: int) -> int:
-        return control.iret(self, size)
+        eip = control.iret(self, size)
+        self.state.nmi_blocked = False          # the end of an NMI handler (or of any: SDM 6.7.1)
+        return eip
 
     def sysenter(self) -> int:
         return control.sysenter(self)

@@ -67,9 +67,11 @@ KVM_SET_CPUID2 = _iow(0x90, "struct kvm_cpuid2")
 KVM_GET_CPUID2 = _iowr(0x91, "struct kvm_cpuid2")
 KVM_GET_MP_STATE = _ior(0x98, "struct kvm_mp_state")
 KVM_SET_MP_STATE = _iow(0x99, "struct kvm_mp_state")
+KVM_NMI = _io(0x9A)
 KVM_SET_GUEST_DEBUG = _iow(0x9B, "struct kvm_guest_debug")
 KVM_GET_VCPU_EVENTS = _ior(0x9F, "struct kvm_vcpu_events")
 KVM_SET_VCPU_EVENTS = _iow(0xA0, "struct kvm_vcpu_events")
+KVM_VCPUEVENT_VALID_NMI_PENDING = 0x1
 
 # Capabilities (KVM_CHECK_EXTENSION arguments)
 KVM_CAP_IRQCHIP = 0

@@ -219,6 +219,19 @@ class Vcpu:
         self._interrupt.irq = vector
         ioctl(self.fd, K.KVM_INTERRUPT, self._interrupt, "KVM_INTERRUPT")
 
+    def nmi(self) -> None:
+        """KVM_NMI: queue an NMI for the vCPU (well defined without an in-kernel irqchip)."""
+        ioctl(self.fd, K.KVM_NMI, NULL, "KVM_NMI")
+
+    def set_nmi_state(self, pending: bool, blocked: bool) -> None:
+        """KVM_SET_VCPU_EVENTS for the NMI fields alone: one latched, and blocking by one in service."""
+        events = self.get_vcpu_events()
+        events.flags = K.KVM_VCPUEVENT_VALID_NMI_PENDING
+        events.nmi.pending = pending
+        events.nmi.masked = blocked
+        events.nmi.injected = 0
+        self.set_vcpu_events(events)
+
     def get_mp_state(self) -> int:
         ioctl(self.fd, K.KVM_GET_MP_STATE, self._mp_state, "KVM_GET_MP_STATE")
         return self._mp_state.mp_state

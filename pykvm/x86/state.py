@@ -85,6 +85,9 @@ class CpuState:
     msrs: dict[int, int] = field(default_factory=dict)
     interrupt_shadow: bool = False
     halted: bool = False
+    # NMI: one can be latched while another is being handled (blocked until the next IRET).
+    nmi_pending: bool = False
+    nmi_blocked: bool = False
 
     @property
     def cpl(self) -> int:
@@ -98,4 +101,5 @@ class CpuState:
                         DescriptorTable(self.gdt.base, self.gdt.limit),
                         DescriptorTable(self.idt.base, self.idt.limit),
                         self.cr0, self.cr2, self.cr3, self.cr4, self.cr8, self.efer,
-                        self.apic_base, dict(self.msrs), self.interrupt_shadow, self.halted)
+                        self.apic_base, dict(self.msrs), self.interrupt_shadow, self.halted,
+                        self.nmi_pending, self.nmi_blocked)

@@ -163,8 +163,14 @@ def test_shorthands_and_delivery_modes_a_lone_processor_sees(apic, caplog):
     assert not apic.pending
     ipi(apic, 0x40, shorthand=L.ALL_INCLUDING_SELF, mode=L.MODE_LOWEST)
     assert apic.acknowledge() == 0x40
+    nmis = []
+    apic.on_nmi = lambda: nmis.append(1)
     ipi(apic, 0, shorthand=L.SELF, mode=L.MODE_NMI)
-    assert "NMI IPI to itself dropped" in caplog.text
+    ipi(apic, 0, shorthand=0, mode=L.MODE_NMI, dest=0)
+    ipi(apic, 0, shorthand=L.ALL_BUT_SELF, mode=L.MODE_NMI)
+    assert nmis == [1, 1] and not apic.pending               # not through IRR
+    ipi(apic, 0, shorthand=L.SELF, mode=L.MODE_SMI)
+    assert "SMI IPI to itself dropped" in caplog.text
 
 
 # -- hardware enable (IA32_APIC_BASE) ------------------------------------------------------------------
