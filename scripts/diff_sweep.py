@@ -5,7 +5,7 @@ and unicorn, then a coverage table and one example of every differing form.
 
 Table cells hold one letter per prefix (no prefix, 66, 67, 66 67; string forms add F3/F2
 variants): K agrees with the kernel, U with unicorn, r refused (EmulationError: unclaimed forms, and
-what UNSUPPORTED names, such as task switches), P/p a known
+what UNSUPPORTED names, such as user-mode tasks), P/p a known
 pykvm bug (PENDING_PYKVM_FIXES) seen against the kernel/unicorn, E/e an oracle's explained
 erratum, D/d a new difference, X an emulator crash, - no oracle could run it, . not generated.
 

@@ -101,10 +101,13 @@ def _kvm_unit_test(path: str, timeout: float = 120):
     return done, failed, summary
 
 
-@pytest.mark.parametrize("path,checks", [("i386/setjmp.flat", 10), ("i386/cmpxchg8b.flat", 1)])
+@pytest.mark.parametrize("path,checks", [("i386/setjmp.flat", 10), ("i386/cmpxchg8b.flat", 1),
+                                         ("i386/eventinj.flat", 15)])
 def test_kvm_unit_tests_i386_run_whole_in_the_emulator_and_pass(path, checks):
     """32-bit paged protected mode from start to end: start-up (the local APIC, the SMP
-    bring-up with one CPU), the checks, the exit."""
+    bring-up with one CPU), the checks, the exit. eventinj delivers exceptions, self-IPIs
+    held back by the TPR, NMIs (one faulting on the IDT page, one on its IRET) and a #PF
+    through a task gate while a #DE or #NP is being delivered."""
     done, failed, summary = _kvm_unit_test(path)
     assert not failed, failed
     assert summary == [f"SUMMARY: {checks} tests"], done.stdout[-2000:] + done.stderr
@@ -123,3 +126,23 @@ def test_kvm_unit_tests_msr_fails_in_the_emulator_exactly_where_kvm_does():
     assert emulated_summary == kvm_summary and kvm_summary, emulated.stdout[-2000:] + kvm.stdout[-2000:]
     assert emulated_failed == kvm_failed
     assert " 0 conversions to PVM mode" in emulated.stderr and " 1 conversions" in kvm.stderr
+
+
+def test_kvm_unit_tests_taskswitch_prints_what_qemu_prints():
+    """A #UD through a task gate: the handler task sees the back link and NT, and IRET returns
+    to the faulting task. The suite reports by printing; QEMU 7.2 TCG prints these lines."""
+    done, failed, _ = _kvm_unit_test("i386/taskswitch.flat")
+    assert done.stdout.splitlines()[-3:] == [
+        "TR=20 (interrupt) Main TSS back link 0. Intr TSS back link 80", "error code 1234", "post fault"]
+    assert done.returncode == 1 and not failed, done.stderr
+
+
+def test_kvm_unit_tests_taskswitch2_passes_up_to_its_virtual_8086_task():
+    """Task gates in the GDT and the IDT (far CALL and JMP, INT, NMIs, IRQs and exceptions
+    through them), each check as on QEMU; then it IRETs into a virtual-8086 task, user mode,
+    which PVM runs only in PVM mode: the run ends there with the emulation error."""
+    done, failed, _ = _kvm_unit_test("i386/taskswitch2.flat")
+    passed = [line for line in done.stdout.splitlines() if line.startswith("PASS:")]
+    assert not failed and len(passed) == 11, done.stdout[-2000:]
+    assert passed[-1] == "PASS: PF exception"
+    assert "a task switch to virtual-8086 mode" in done.stderr and done.returncode == 8

@@ -8,7 +8,7 @@ run loop to return, since CS (and maybe CPL) changed.
 
 from __future__ import annotations
 
-from pykvm.emulator import segments
+from pykvm.emulator import segments, tasks
 from pykvm.emulator.faults import CpuFault
 from pykvm.x86.state import CS, SS, Segment
 from pykvm.x86 import descriptors as D
@@ -86,14 +86,18 @@ def _check_target(d: D.Descriptor, offset: int, lma: bool) -> None:
 
 
 # -- far JMP / CALL / RET ------------------------------------------------------------------
-def far_jmp(emu, selector: int, offset: int) -> int:
+def far_jmp(emu, selector: int, offset: int, next_eip: int) -> int:
     st = emu.state
     if not st.cr0 & CR0_PE:
         if offset > st.seg[CS].limit:
             raise CpuFault(EXC_GP, 0)
         load_cs_real(emu, selector)
         return offset
-    selector, d, raw, addr, offset, _ = segments.far_target(emu, selector, offset, jump=True)
+    target = segments.far_target(emu, selector, offset, jump=True)
+    if target[0] is None:                      # a TSS or a task gate
+        tasks.switch(emu, target[1], tasks.JMP, next_eip)
+        return st.rip
+    selector, d, raw, addr, offset, _ = target
     _check_target(d, offset, emu.lma)
     load_cs_protected(emu, selector, d, raw, addr, st.cpl)
     return offset
@@ -109,7 +113,11 @@ def far_call(emu, selector: int, offset: int, size: int, return_eip: int) -> int
         load_cs_real(emu, selector)
         set_sp(emu, sp)
         return offset
-    selector, d, raw, addr, offset, gate_size = segments.far_target(emu, selector, offset, jump=False)
+    target = segments.far_target(emu, selector, offset, jump=False)
+    if target[0] is None:                      # a TSS or a task gate
+        tasks.switch(emu, target[1], tasks.CALL, return_eip)
+        return st.rip
+    selector, d, raw, addr, offset, gate_size = target
     _check_target(d, offset, emu.lma)
     # Through a call gate, the gate's size says how CS:EIP are pushed.
     sp = push(emu, (old_cs, return_eip), gate_size or size)
@@ -155,8 +163,14 @@ def _enter_outer(emu, cs, d, raw, addr, ss_sel, sd, sraw, saddr, rpl, esp) -> No
 
 
 # -- IRET ---------------------------------------------------------------------------------
-def iret(emu, size: int) -> int:
+def iret(emu, size: int, next_eip: int) -> int:
     st = emu.state
+    if st.cr0 & CR0_PE and emu.get_flags() & FLAG_NT:
+        if emu.lma:
+            raise CpuFault(EXC_GP, 0)
+        # The return from a nested task (SDM IRET, TASK-RETURN): nothing is popped.
+        tasks.switch(emu, tasks.previous_task(emu), tasks.IRET, next_eip)
+        return st.rip
     (eip, cs, fl), sp = pop(emu, 3, size)
     cs &= 0xFFFF
     old = emu.get_flags()
@@ -172,8 +186,6 @@ def iret(emu, size: int) -> int:
         set_sp(emu, sp)
         _load_flags(emu, new)
         return eip
-    if old & FLAG_NT:
-        raise NotImplementedError("IRET with NT set (task return)")
     cpl = st.cpl
     if size == 4 and fl & FLAG_VM and cpl == 0:
         raise NotImplementedError("IRET to virtual-8086 mode")

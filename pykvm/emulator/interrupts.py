@@ -11,7 +11,7 @@ a debugger can stop on exceptions).
 
 from __future__ import annotations
 
-from pykvm.emulator import control, segments
+from pykvm.emulator import control, segments, tasks
 from pykvm.emulator.faults import CpuFault, TripleFault
 from pykvm.x86.state import CS, SS, TR, Segment
 from pykvm.x86 import descriptors as D
@@ -129,7 +129,11 @@ def _deliver_protected(emu, vector, error_code, return_eip, software, rf=0) -> t
         raise CpuFault(EXC_GP, _gate_error(vector, ext))
     gate = D.decode_gate(emu.mmu.lin_read((st.idt.base + vector * 8) & 0xFFFFFFFF, 8, True))
     if gate.type == D.SYS_TASK_GATE:
-        raise NotImplementedError("interrupt through a task gate")
+        if software and gate.dpl < st.cpl:
+            raise CpuFault(EXC_GP, _gate_error(vector, ext))
+        if not gate.present:
+            raise CpuFault(EXC_NP, _gate_error(vector, ext))
+        return tasks.switch(emu, gate.selector, tasks.INTERRUPT, return_eip, error_code, ext)
     if gate.type not in (D.SYS_INT_GATE16, D.SYS_TRAP_GATE16, D.SYS_INT_GATE32, D.SYS_TRAP_GATE32):
         raise CpuFault(EXC_GP, _gate_error(vector, ext))
     cpl = st.cpl

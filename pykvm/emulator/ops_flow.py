@@ -66,7 +66,8 @@ def _jmp(g):
         _taken_or_next(g, "True")
     elif kind in (OK.FAR_BRANCH16, OK.FAR_BRANCH32):
         off = ins.far_branch32 if kind == OK.FAR_BRANCH32 else ins.far_branch16
-        g.emit("E.stop = True", f"return E.far_jmp({g.k(ins.far_branch_selector)}, {g.k(off)})")
+        g.emit("E.stop = True",
+               f"return E.far_jmp({g.k(ins.far_branch_selector)}, {g.k(off)}, {g.k(g.next_eip)})")
     elif ins.is_jmp_far_indirect:
         _far_indirect(g, "jmp")
     else:
@@ -86,7 +87,7 @@ def _far_indirect(g, what: str):
     g.emit(f"o = {g.ea_expr()}", f"sg = {g.k(SEG_INDEX[ins.memory_segment])}",
            f"off = {rd}(sg, o)", f"sel = rd2(sg, (o + {size}) & 0xFFFFFFFF)", "E.stop = True")
     if what == "jmp":
-        g.emit("return E.far_jmp(sel, off)")
+        g.emit(f"return E.far_jmp(sel, off, {g.k(g.next_eip)})")
     else:
         g.emit(f"return E.far_call(sel, off, {size}, {g.k(g.next_eip)})")
 
@@ -148,7 +149,7 @@ def _retf(g):
 def _iret(g):
     g.terminal = True
     size = 4 if g.ins.mnemonic == M.IRETD else 2
-    g.emit("E.stop = True", f"return E.iret({size})")
+    g.emit("E.stop = True", f"return E.iret({size}, {g.k(g.next_eip)})")
 
 
 @handles(M.INT, M.INT3, M.INTO, M.INT1)

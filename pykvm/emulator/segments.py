@@ -130,13 +130,19 @@ _CALL_GATES = (D.SYS_CALL_GATE16, D.SYS_CALL_GATE32)
 def far_target(emu, selector: int, offset: int, jump: bool):
     """Where a protected-mode far JMP or CALL to ``selector:offset`` goes: straight to a code
     segment, or through a call gate (legacy mode). Returns (CS selector, descriptor, raw,
-    address, EIP, size): ``size`` is the gate's push size (2 or 4), None without a gate."""
+    address, EIP, size): ``size`` is the gate's push size (2 or 4), None without a gate. A TSS
+    or a task gate (legacy mode) returns (None, the TSS selector): a task switch."""
     fetched = None
     if selector & 0xFFFC and not emu.state.efer & EFER_LMA:
         fetched = read_descriptor(emu, selector)
         raw = fetched[0]
         if not raw >> 44 & 1 and raw >> 40 & 0xF in _CALL_GATES:
             return _through_call_gate(emu, selector, D.decode_gate(raw), jump)
+        from pykvm.emulator import tasks
+
+        tss = tasks.task_selector(emu, selector, *fetched)
+        if tss is not None:
+            return None, tss
     d, raw, addr = check_code_segment(emu, selector, fetched=fetched)
     return selector, d, raw, addr, offset, None
 
@@ -171,9 +177,8 @@ def check_code_segment(emu, selector: int, for_return: bool = False, ext: int = 
     """Validate a far JMP/CALL target code segment at the current CPL (no gates).
 
     Returns (descriptor, raw, address); ``fetched`` is (raw, address) when the caller has read
-    the descriptor already. Task gates and TSS targets (task switches), and call
-    gates in IA-32e mode, raise ``NotImplementedError`` so the emulator reports them as
-    unemulated.
+    the descriptor already. Call gates in IA-32e mode raise ``NotImplementedError`` so the
+    emulator reports them as unemulated (``far_target`` takes the legacy-mode gates and TSSes).
     """
     st = emu.state
     if selector & 0xFFFC == 0:
@@ -186,8 +191,7 @@ def check_code_segment(emu, selector: int, for_return: bool = False, ext: int = 
         # is an ordinary #GP(selector).
         if not for_return and d.type in (D.SYS_CALL_GATE16, D.SYS_CALL_GATE32, D.SYS_TASK_GATE,
                                          D.SYS_TSS16_AVAIL, D.SYS_TSS32_AVAIL):
-            raise NotImplementedError("far transfer through a task gate or TSS (a task switch), "
-                                      "or an IA-32e call gate")
+            raise NotImplementedError("far transfer through an IA-32e call gate or task gate")
         raise CpuFault(EXC_GP, err)
     if not d.type & D.TYPE_CODE:
         raise CpuFault(EXC_GP, err)

@@ -110,8 +110,8 @@ class SystemOps:
         self.set_flags(new)
 
     # -- far transfers and interrupts -------------------------------------------------------
-    def far_jmp(self, selector: int, offset: int) -> int:
-        return control.far_jmp(self, selector, offset)
+    def far_jmp(self, selector: int, offset: int, next_eip: int) -> int:
+        return control.far_jmp(self, selector, offset, next_eip)
 
     def far_call(self, selector: int, offset: int, size: int, ret: int) -> int:
         return control.far_call(self, selector, offset, size, ret)
@@ -119,8 +119,8 @@ class SystemOps:
     def far_ret(self, size: int, imm: int) -> int:
         return control.far_ret(self, size, imm)
 
-    def iret(self, size: int) -> int:
-        eip = control.iret(self, size)
+    def iret(self, size: int, next_eip: int) -> int:
+        eip = control.iret(self, size, next_eip)
         self.state.nmi_blocked = False          # the end of an NMI handler (or of any: SDM 6.7.1)
         return eip
 

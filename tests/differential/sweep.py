@@ -31,7 +31,7 @@ Verdicts, per case: ``agree`` (with the oracle named); ``refuse`` (pykvm raised 
 EmulationError "cannot emulate ...": what is expected of forms it does not claim; for a
 claimed form an oracle is asked whether the CPU raises an exception on it instead, which makes
 the refusal a difference, unless ``UNSUPPORTED`` names it as a feature pykvm refuses by design,
-such as hardware task switches); ``differ``; ``pending`` (a difference matching
+such as user-mode tasks); ``differ``; ``pending`` (a difference matching
 ``PENDING_PYKVM_FIXES``: known pykvm bugs waiting for their fix, each one line); ``explained``
 (a difference an ``ORACLE_ERRATA`` entry attributes to the oracle, quoting the SDM);
 ``no oracle`` (neither oracle could run it, e.g. a branch out of RAM); ``crash`` (the emulator
@@ -187,14 +187,10 @@ PENDING_PYKVM_FIXES: list[Pending] = []
 # What pykvm deliberately does not emulate and refuses with a clear error (exit status 8) where
 # the CPU would do something: the claimed instructions' cases that reach it count as refused.
 UNSUPPORTED: list[Pending] = [
-    Pending(r"^(FF /[35] .*\[mem\]|9A |EA )", "hardware task switches are not emulated: a far CALL/JMP to a "
-            "TSS or task-gate selector ends the run with a clear emulation error, where the CPU switches "
-            "tasks or faults (#TS, #GP, #NP: SDM CALL/JMP \"TASK-GATE\"/\"TASK-STATE-SEGMENT\")",
-            when=lambda case, diffs: any("refused (far transfer through" in d for d in diffs)),
-    Pending(r"^CF ", "hardware task switches are not emulated: IRET with EFLAGS.NT = 1 (a task return) ends the "
-            "run with a clear emulation error, where the CPU switches tasks or faults (SDM IRET: \"IF "
-            "EFLAGS.NT = 1 THEN GOTO TASK-RETURN\")",
-            when=lambda case, diffs: any("refused" in d and "NT set" in d for d in diffs)),
+    Pending(r"^(FF /[35] .*\[mem\]|9A |EA |CF )", "task switches to a 16-bit TSS, or to a task at CPL 3 or in "
+            "virtual-8086 mode (user mode, which PVM runs only in PVM mode), end the run with a clear "
+            "emulation error where the CPU switches tasks",
+            when=lambda case, diffs: any("refused (a task switch to" in d for d in diffs)),
 ]
 
 
@@ -614,6 +610,14 @@ ORACLE_ERRATA: list[Erratum] = [
             lambda case, run, theirs, diffs: mnemonic(case.ins) == "INT1" and theirs.outcome == "exception 6",
             "SDM INT1/INT3/INTO/INT n: INT1 (F1, ICEBP) raises a debug exception (#DB, vector 1); "
             "unicorn raises #UD."),
+    Erratum("unicorn", "unicorn: a fault loading the new task's segments is pushed through an unloaded SS",
+            lambda case, run, theirs, diffs: run.outcome == "shutdown" and run.vectors[:1] in ([10], [11], [12])
+            and mnemonic(case.ins) in ("CALL", "JMP", "IRET", "IRETD") and theirs.outcome.startswith("exception"),
+            "SDM vol. 3, 8.3 and table 8-2: a fault while loading the new task's segment descriptors is taken "
+            "in the new task, whose segment registers then hold its selectors but no loaded descriptors; "
+            "how an exception frame is pushed through such an SS is not specified. pykvm (as Bochs) treats "
+            "the unloaded descriptors as unusable, so the push faults on to a triple fault; QEMU pushes "
+            "through a zero-based SS without a limit check."),
     Erratum("unicorn", "unicorn: no stack-limit check while pushing an exception frame",
             lambda case, run, theirs, diffs: run.outcome == "shutdown" and theirs.outcome.startswith("exception")
             and _frame_wraps(case),
