@@ -102,12 +102,13 @@ def _kvm_unit_test(path: str, timeout: float = 120):
 
 
 @pytest.mark.parametrize("path,checks", [("i386/setjmp.flat", 10), ("i386/cmpxchg8b.flat", 1),
-                                         ("i386/eventinj.flat", 15)])
+                                         ("i386/eventinj.flat", 15), ("i386/smap.flat", 18)])
 def test_kvm_unit_tests_i386_run_whole_in_the_emulator_and_pass(path, checks):
     """32-bit paged protected mode from start to end: start-up (the local APIC, the SMP
     bring-up with one CPU), the checks, the exit. eventinj delivers exceptions, self-IPIs
     held back by the TPR, NMIs (one faulting on the IDT page, one on its IRET) and a #PF
-    through a task gate while a #DE or #NP is being delivered."""
+    through a task gate while a #DE or #NP is being delivered; smap, supervisor accesses to
+    user pages under SMAP and SMEP with EFLAGS.AC set and clear (QEMU TCG: the same 18)."""
     done, failed, summary = _kvm_unit_test(path)
     assert not failed, failed
     assert summary == [f"SUMMARY: {checks} tests"], done.stdout[-2000:] + done.stderr

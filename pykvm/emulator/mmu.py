@@ -23,7 +23,7 @@ import struct
 from pykvm.emulator.faults import CpuFault
 from pykvm.x86.state import SS
 from pykvm.x86 import paging
-from pykvm.x86.bits import CR0_PE, CR0_PG, EXC_GP, EXC_PF, EXC_SS
+from pykvm.x86.bits import CR0_PE, CR0_PG, CR4_SMAP, CR4_SMEP, EXC_GP, EXC_PF, EXC_SS, FLAG_AC
 
 _S16 = struct.Struct("<H")
 _S32 = struct.Struct("<I")
@@ -108,6 +108,9 @@ class Mmu:
         self.xtlb: dict[int, int] = {}
         self.paging = False
         self.user = False
+        # Whether the last translation may go into a TLB: not a supervisor one of a user page
+        # while SMEP or SMAP is on (EFLAGS.AC, read at each access, decides SMAP's verdict).
+        self.cacheable = True
         self._build()
 
     # -- TLB management ----------------------------------------------------------------------
@@ -131,9 +134,16 @@ class Mmu:
             return lin
         st = self.state
         try:
-            return paging.walk(self.phys, st.cr0, st.cr3, st.cr4, st.efer, lin, access).phys
+            t = paging.walk(self.phys, st.cr0, st.cr3, st.cr4, st.efer, lin, access)
         except paging.PageFault as e:
             raise CpuFault(EXC_PF, e.error_code, cr2=e.linear) from None
+        self.cacheable = not (t.user and not access & paging.PF_USER and st.cr4 & (CR4_SMEP | CR4_SMAP))
+        return t.phys
+
+    def explicit(self, access: int) -> int:
+        """``access`` (no PF_USER: a supervisor one) for an explicit data access, which EFLAGS.AC
+        exempts from SMAP."""
+        return access | paging.SMAP_OVERRIDE if self.state.rflags & FLAG_AC else access
 
     def fetch_page(self, lin: int) -> int:
         """Physical address of a code byte (fetch permissions checked)."""
@@ -178,7 +188,7 @@ class Mmu:
             """Read ``size`` bytes at a linear address (a page walk if needed)."""
             o = lin & 0xFFF
             user = mmu.user and not system
-            acc = PF_USER if user else 0
+            acc = PF_USER if user else 0 if system else mmu.explicit(0)
             if o + size > 0x1000:
                 # Crossing a page: translate both pages first, so a fault leaves nothing half-read.
                 first = 0x1000 - o
@@ -191,17 +201,17 @@ class Mmu:
             pa = translate(lin, acc)
             if ram_base <= pa < ram_end and not hole_lo <= pa < hole_hi:
                 off = pa - ram_base
-                if not system or not mmu.user:
+                if (not system or not mmu.user) and mmu.cacheable:
                     rtlb[lin >> 12] = off - o
                 return int.from_bytes(view[off:off + size], "little")
-            if mmu.paging and not mmu.user:
+            if mmu.paging and not mmu.user and mmu.cacheable:
                 xtlb[lin >> 12] = pa & ~0xFFF
             return bus.mmio_read(pa, size)
 
         def lin_write(lin, size, value, system=False):
             o = lin & 0xFFF
             user = mmu.user and not system
-            acc = PF_WRITE | (PF_USER if user else 0)
+            acc = PF_WRITE | PF_USER if user else PF_WRITE if system else mmu.explicit(PF_WRITE)
             if o + size > 0x1000:
                 first = 0x1000 - o
                 pa = translate(lin, acc)
@@ -216,9 +226,9 @@ class Mmu:
                 if page in code_pages:
                     if code_lines.get(page, 0) & line_mask(o, size):
                         mmu.on_code_write(page, o, size)
-                    if not system or not mmu.user:
+                    if (not system or not mmu.user) and mmu.cacheable:
                         cwtlb[lin >> 12] = (off - o, page)
-                elif not system or not mmu.user:
+                elif (not system or not mmu.user) and mmu.cacheable:
                     wtlb[lin >> 12] = off - o
                 view[off:off + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
                 return
@@ -348,7 +358,7 @@ class Mmu:
             if off < slo[s] or off + size - 1 > rhi[s]:
                 raise mmu.seg_fault(s, off, size, False)
             if mmu.paging:
-                translate((sbase[s] + off) & 0xFFFFFFFF, PF_USER if mmu.user else 0)
+                translate((sbase[s] + off) & 0xFFFFFFFF, PF_USER if mmu.user else mmu.explicit(0))
 
         def check_write(s, off, size):
             """Probe that a later write of ``size`` bytes cannot fault (for multi-write instructions)."""
@@ -356,7 +366,7 @@ class Mmu:
                 raise mmu.seg_fault(s, off, size, True)
             lin = (sbase[s] + off) & 0xFFFFFFFF
             if mmu.paging:
-                acc = PF_WRITE | (PF_USER if mmu.user else 0)
+                acc = PF_WRITE | PF_USER if mmu.user else mmu.explicit(PF_WRITE)
                 translate(lin, acc)
                 if (lin & 0xFFF) + size > 0x1000:
                     translate((lin + size - 1) & 0xFFFFFFFF, acc)

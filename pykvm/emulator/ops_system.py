@@ -72,6 +72,15 @@ def _cli(g):
     g.emit("E.check_iopl()", "ST.rflags &= ~0x200")
 
 
+@handles(M.CLAC, M.STAC)
+def _clac_stac(g):
+    """EFLAGS.AC for SMAP: #UD in real mode and above CPL 0 (without SMAP in CPUID the generic
+    feature check has raised #UD already)."""
+    _protected_mode_only(g)
+    op = "|= 0x40000" if g.ins.mnemonic == M.STAC else "&= ~0x40000"
+    g.emit("if ST.cpl:", "    raise Fault(6)", f"ST.rflags {op}")
+
+
 @handles(M.STI)
 def _sti(g):
     # STI ends the block so the interrupt shadow it creates is visible when run() returns.

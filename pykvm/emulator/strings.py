@@ -121,8 +121,8 @@ def _set(R, i, value, amask):
 def _ram_offset(emu, lin: int, write: bool):
     """RAM offset of ``lin`` after a page walk (None if it is not RAM); handles code pages."""
     mmu = emu.mmu
-    acc = (paging.PF_WRITE if write else 0) | (paging.PF_USER if mmu.user else 0)
-    pa = mmu.translate(lin, acc)
+    acc = paging.PF_WRITE if write else 0
+    pa = mmu.translate(lin, acc | paging.PF_USER if mmu.user else mmu.explicit(acc))
     mem = emu.memory
     off = pa - mem.base
     if not 0 <= off < mem.size or mem.hole_start <= pa < mem.hole_end:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pykvm.x86.bits import CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, EFER_LMA, EFER_NXE
+from pykvm.x86.bits import CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_NXE
 
 # Page-fault error-code bits, also used as the ``access`` argument of ``walk``.
 PF_PRESENT = 1 << 0   # the fault was a protection violation (0 = page not present)
@@ -21,6 +21,9 @@ PF_WRITE = 1 << 1
 PF_USER = 1 << 2
 PF_RSVD = 1 << 3
 PF_FETCH = 1 << 4
+# Not an error-code bit: an explicit supervisor data access with EFLAGS.AC = 1, which SMAP lets
+# through to user pages (implicit ones, such as descriptor-table reads, never carry it).
+SMAP_OVERRIDE = 1 << 31
 
 PTE_P = 1 << 0
 PTE_RW = 1 << 1
@@ -85,14 +88,15 @@ def walk(mem, cr0: int, cr3: int, cr4: int, efer: int, linear: int, access: int 
     if mode == "32bit":
         return _walk32(mem, cr0, cr3, cr4, linear & 0xFFFFFFFF, access)
     nxe = bool(efer & EFER_NXE)
+    fetch_flag = nxe or bool(cr4 & CR4_SMEP)     # the error code's I/D bit is reported
     if mode == "pae":
         linear &= 0xFFFFFFFF
         pdpte_addr = (cr3 & 0xFFFFFFE0) + ((linear >> 30) & 3) * 8
         pdpte = mem.read_u64(pdpte_addr)
         if not pdpte & PTE_P:
-            raise PageFault(linear, _fault_code(access, nxe, present=False))
+            raise PageFault(linear, _fault_code(access, fetch_flag, present=False))
         if pdpte & 0x1E6:  # reserved bits of a PAE PDPTE (bits 1,2,5..8)
-            raise PageFault(linear, _fault_code(access, nxe, present=True) | PF_RSVD)
+            raise PageFault(linear, _fault_code(access, fetch_flag, present=True) | PF_RSVD)
         # PDPTEs carry no permission bits in PAE mode: they are always R/W and U.
         entries = [(pdpte_addr, None)]
         table = pdpte & _ADDR_MASK_64
@@ -104,41 +108,50 @@ def walk(mem, cr0: int, cr3: int, cr4: int, efer: int, linear: int, access: int 
         e = mem.read_u64(pml4e_addr)
         entries.append((pml4e_addr, e))
         if not e & PTE_P:
-            raise PageFault(linear, _fault_code(access, nxe, present=False))
+            raise PageFault(linear, _fault_code(access, fetch_flag, present=False))
         table = e & _ADDR_MASK_64
         levels = ((30, 1 << 30), (21, 2 << 20), (12, 1 << 12))
     return _walk_long(mem, cr0, cr4, nxe, linear, access, entries, table, levels)
 
 
-def _fault_code(access: int, nxe_or_pae_fetch: bool, present: bool) -> int:
+def _fault_code(access: int, fetch_flag: bool, present: bool) -> int:
+    """The #PF error code; ``fetch_flag``: whether I/D is reported (NXE with PAE/4-level, or SMEP)."""
     code = access & (PF_WRITE | PF_USER)
-    if access & PF_FETCH and nxe_or_pae_fetch:
+    if access & PF_FETCH and fetch_flag:
         code |= PF_FETCH
     if present:
         code |= PF_PRESENT
     return code
 
 
-def _check(linear, access, writable, user, executable, cr0, nxe):
-    """Raise a protection #PF when the effective permissions forbid ``access``."""
+def _check(linear, access, writable, user, executable, cr0, cr4, fetch_flag):
+    """Raise a protection #PF when the effective permissions forbid ``access``: U/S, R/W (CR0.WP
+    for supervisor writes), NX, and for supervisor accesses to user pages SMEP (fetches) and
+    SMAP (data, unless ``SMAP_OVERRIDE``)."""
     if access & PF_USER:
         if not user or (access & PF_WRITE and not writable):
-            raise PageFault(linear, _fault_code(access, nxe, present=True))
-    elif access & PF_WRITE and not writable and cr0 & CR0_WP:
-        raise PageFault(linear, _fault_code(access, nxe, present=True))
+            raise PageFault(linear, _fault_code(access, fetch_flag, present=True))
+    else:
+        if user and cr4 & (CR4_SMEP | CR4_SMAP):
+            if (cr4 & CR4_SMEP and access & PF_FETCH) or (
+                    cr4 & CR4_SMAP and not access & (PF_FETCH | SMAP_OVERRIDE)):
+                raise PageFault(linear, _fault_code(access, fetch_flag, present=True))
+        if access & PF_WRITE and not writable and cr0 & CR0_WP:
+            raise PageFault(linear, _fault_code(access, fetch_flag, present=True))
     if access & PF_FETCH and not executable:
-        raise PageFault(linear, _fault_code(access, nxe, present=True))
+        raise PageFault(linear, _fault_code(access, fetch_flag, present=True))
 
 
 def _walk32(mem, cr0, cr3, cr4, linear, access) -> Translation:
+    fetch_flag = bool(cr4 & CR4_SMEP)
     pde_addr = (cr3 & 0xFFFFF000) + (linear >> 22) * 4
     pde = mem.read_u32(pde_addr)
     if not pde & PTE_P:
-        raise PageFault(linear, _fault_code(access, False, present=False))
+        raise PageFault(linear, _fault_code(access, fetch_flag, present=False))
     if pde & PTE_PS and cr4 & CR4_PSE:
         writable = bool(pde & PTE_RW)
         user = bool(pde & PTE_US)
-        _check(linear, access, writable, user, True, cr0, False)
+        _check(linear, access, writable, user, True, cr0, cr4, fetch_flag)
         new = pde | PTE_A | (PTE_D if access & PF_WRITE else 0)
         if new != pde:
             mem.write_u32(pde_addr, new)
@@ -149,10 +162,10 @@ def _walk32(mem, cr0, cr3, cr4, linear, access) -> Translation:
     pte_addr = (pde & 0xFFFFF000) + ((linear >> 12) & 0x3FF) * 4
     pte = mem.read_u32(pte_addr)
     if not pte & PTE_P:
-        raise PageFault(linear, _fault_code(access, False, present=False))
+        raise PageFault(linear, _fault_code(access, fetch_flag, present=False))
     writable = bool(pde & PTE_RW and pte & PTE_RW)
     user = bool(pde & PTE_US and pte & PTE_US)
-    _check(linear, access, writable, user, True, cr0, False)
+    _check(linear, access, writable, user, True, cr0, cr4, fetch_flag)
     if not pde & PTE_A:
         mem.write_u32(pde_addr, pde | PTE_A)
     new = pte | PTE_A | (PTE_D if access & PF_WRITE else 0)
@@ -164,6 +177,7 @@ def _walk32(mem, cr0, cr3, cr4, linear, access) -> Translation:
 
 def _walk_long(mem, cr0, cr4, nxe, linear, access, entries, table, levels) -> Translation:
     """Walk the remaining PAE / 4-level levels; ``entries`` holds the upper entries already read."""
+    fetch_flag = nxe or bool(cr4 & CR4_SMEP)
     writable = user = executable = True
     for addr, e in entries:
         if e is None:
@@ -175,16 +189,16 @@ def _walk_long(mem, cr0, cr4, nxe, linear, access, entries, table, levels) -> Tr
         addr = table + ((linear >> shift) & 0x1FF) * 8
         e = mem.read_u64(addr)
         if not e & PTE_P:
-            raise PageFault(linear, _fault_code(access, nxe, present=False))
+            raise PageFault(linear, _fault_code(access, fetch_flag, present=False))
         if not nxe and e & PTE_NX:
-            raise PageFault(linear, _fault_code(access, nxe, present=True) | PF_RSVD)
+            raise PageFault(linear, _fault_code(access, fetch_flag, present=True) | PF_RSVD)
         writable = writable and bool(e & PTE_RW)
         user = user and bool(e & PTE_US)
         executable = executable and not (nxe and e & PTE_NX)
         entries.append((addr, e))
         leaf = shift == 12 or (e & PTE_PS and shift in (21, 30))
         if leaf:
-            _check(linear, access, writable, user, executable, cr0, nxe)
+            _check(linear, access, writable, user, executable, cr0, cr4, fetch_flag)
             for upper_addr, upper in entries[:-1]:
                 if upper is not None and not upper & PTE_A:
                     mem.write_u64(upper_addr, upper | PTE_A)

@@ -7,7 +7,8 @@ import pytest
 
 from pykvm.memory import GuestMemory
 from pykvm.x86 import paging as P
-from pykvm.x86.bits import CR0_PE, CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, EFER_LMA, EFER_LME, EFER_NXE
+from pykvm.x86.bits import (CR0_PE, CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_LME,
+                             EFER_NXE)
 
 PG = CR0_PE | CR0_PG
 
@@ -95,3 +96,39 @@ def test_four_level_walk(mem):
     assert t.phys == 0x00412345 and t.page_size == 2 << 20
     mem.write_u64(0x2000 + 8, 0x40000000 | P.PTE_P | P.PTE_PS)                 # 1 GiB page
     assert P.walk(mem, PG, cr3, CR4_PAE, efer, 0x40000123).phys == 0x40000123
+
+
+# -- SMEP and SMAP (SDM vol. 3, 4.6.1) -----------------------------------------------------------------
+def _user_and_supervisor_pages(mem, writable_user: bool = True):
+    """32-bit paging: 0x400000 a user page, 0x401000 a supervisor page."""
+    mem.write_u32(0x1000 + 4 * 1, 0x2000 | P.PTE_P | P.PTE_RW | P.PTE_US)
+    mem.write_u32(0x2000, 0x7000 | P.PTE_P | P.PTE_US | (P.PTE_RW if writable_user else 0))
+    mem.write_u32(0x2000 + 4, 0x8000 | P.PTE_P | P.PTE_RW)
+
+
+@pytest.mark.parametrize("cr4,access,code", [
+    (CR4_SMEP, P.PF_FETCH, P.PF_PRESENT | P.PF_FETCH),            # supervisor fetch from a user page
+    (CR4_SMAP, 0, P.PF_PRESENT),                                  # supervisor read, AC = 0
+    (CR4_SMAP, P.PF_WRITE, P.PF_PRESENT | P.PF_WRITE),            # supervisor write, AC = 0
+])
+def test_smep_and_smap_keep_the_supervisor_off_user_pages(mem, cr4, access, code):
+    _user_and_supervisor_pages(mem)
+    with pytest.raises(P.PageFault) as fault:
+        P.walk(mem, PG, 0x1000, cr4, 0, 0x400000, access)
+    assert fault.value.error_code == code
+    assert P.walk(mem, PG, 0x1000, cr4, 0, 0x401000, access).phys == 0x8000   # supervisor pages: fine
+    assert P.walk(mem, PG, 0x1000, cr4, 0, 0x400000, access | P.PF_USER).phys == 0x7000
+
+
+def test_smap_lets_explicit_accesses_with_ac_through_and_smep_ignores_data(mem):
+    _user_and_supervisor_pages(mem)
+    for access in (P.SMAP_OVERRIDE, P.PF_WRITE | P.SMAP_OVERRIDE):
+        assert P.walk(mem, PG, 0x1000, CR4_SMAP, 0, 0x400000, access).phys == 0x7000
+    assert P.walk(mem, PG, 0x1000, CR4_SMEP, 0, 0x400000, P.PF_WRITE).phys == 0x7000
+    assert P.walk(mem, PG, 0x1000, CR4_SMAP, 0, 0x400000, P.PF_FETCH).phys == 0x7000   # SMAP: data only
+
+
+def test_smap_override_does_not_lift_write_protection(mem):
+    _user_and_supervisor_pages(mem, writable_user=False)
+    with pytest.raises(P.PageFault):
+        P.walk(mem, CR0_WP | PG, 0x1000, CR4_SMAP, 0, 0x400000, P.PF_WRITE | P.SMAP_OVERRIDE)
