@@ -93,6 +93,16 @@ def read_modules(specs, limit: int) -> list:
     return modules
 
 
+def kernel_command_line(data: bytes, fmt: str, path, cmdline: str) -> str:
+    """A Multiboot 1 kernel's command line starts with its own name, as GRUB and QEMU pass it
+    (kvm-unit-tests take argv[0] from it, and read the rest as the tests to run)."""
+    from pykvm.loaders.auto import detect
+
+    if (detect(data) if fmt == "auto" else fmt) != "multiboot":
+        return cmdline
+    return f"{path} {cmdline}" if cmdline else str(path)
+
+
 @contextlib.contextmanager
 def guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, modules, bios, serial, emulator,
                   emul_batch, device, testdev, stdio=None, run_record=None):
@@ -133,8 +143,8 @@ def guest_machine(image, fmt, mode, load_addr, entry, mem, cmdline, modules, bio
         with Machine(memory_size, serial_output=serial_out, emulator=emulator, emul_batch=emul_batch,
                      kvm_path=device, testdev=bool(testdev), bios=rom) as machine:
             if image_data is not None:
-                machine.load(image_data, fmt, mode=mode, load_addr=load_addr, entry=entry, cmdline=cmdline,
-                             modules=module_list)
+                machine.load(image_data, fmt, mode=mode, load_addr=load_addr, entry=entry,
+                             cmdline=kernel_command_line(image_data, fmt, path, cmdline), modules=module_list)
             yield machine
     finally:
         if close_serial:

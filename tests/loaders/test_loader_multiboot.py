@@ -180,3 +180,15 @@ def test_modules(mem):
     assert mods[0][:2] == (0x101000, 0x101003) and _cstring(mem, mods[0][2]) == b"data.bin arg"
     assert mods[1][:2] == (0x102000, 0x102000 + 5000) and _cstring(mem, mods[1][2]) == b"z.bin"   # its name
     assert mem.read(0x101000, 3) == b"abc" and mem.read(0x102000, 5000) == b"z" * 5000
+
+
+@pytest.mark.parametrize("fmt,cmdline,want", [
+    ("auto", "", "kernels/k.bin"),
+    ("multiboot", "console=ttyS0", "kernels/k.bin console=ttyS0"),
+])
+def test_pykvm_run_passes_the_kernels_name_first_as_grub_and_qemu_do(fmt, cmdline, want):
+    """kvm-unit-tests take argv[0] from the first word and the tests to run from the rest."""
+    from pykvm.runner import kernel_command_line
+
+    assert kernel_command_line(aout_kernel(), fmt, "kernels/k.bin", cmdline) == want
+    assert kernel_command_line(b"\x90" * 64, "auto", "flat.bin", "") == ""      # not Multiboot 1: as given
