@@ -17,6 +17,7 @@ from pykvm.cli import main, parse_size
 from pykvm.errors import BadInputError
 from pykvm.guests import build_guest
 from tests.asm import assemble
+from tests.children import die_with_parent
 
 
 def invoke(*args):
@@ -142,7 +143,7 @@ def test_serial_to_a_file(tmp_path):
 
 def _pykvm(*args, **kw):
     return subprocess.Popen([sys.executable, "-m", "pykvm", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent(), **kw)
 
 
 @pytest.mark.kvm

@@ -19,6 +19,7 @@ import pytest
 from pykvm import process
 from pykvm.devices.serial import Serial16550
 from pykvm.errors import OutputClosed, OutputError
+from tests.children import die_with_parent
 from tests.test_cli import invoke
 
 # mov dx, 0x3f8; mov al, 'a'; out dx, al; jmp short back: prints "a" forever (real mode).
@@ -41,6 +42,7 @@ def start(*args, importtime: bool = False, **kw) -> subprocess.Popen:
     """``python -m pykvm ARGS`` as a real process (stdout and stderr pipes unless given)."""
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
+    kw["preexec_fn"] = die_with_parent(kw.get("preexec_fn"))
     flags = ["-X", "importtime"] if importtime else []
     return subprocess.Popen([sys.executable, *flags, "-m", "pykvm", *args], **kw)
 

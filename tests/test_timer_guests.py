@@ -19,6 +19,7 @@ import time
 import pytest
 
 from pykvm.guests import build_guest
+from tests.children import die_with_parent
 from tests.timer_guests import COUNTED, COUNTING, GUESTS, REPO, TimedProcess, pykvm_args, pykvm_command
 
 pytestmark = pytest.mark.kvm
@@ -117,7 +118,8 @@ def test_ctrl_c_ends_a_guest_asleep_in_hlt(tmp_path, executor):
     image.write_bytes(STI_HLT)
     mode, started = EXECUTORS[executor]
     proc = subprocess.Popen([sys.executable, "-m", "pykvm", "run", str(image), "--mode", mode, "-v"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            preexec_fn=die_with_parent())
     deadline = time.monotonic() + 30
     while started not in (line := proc.stderr.readline()):   # until it really runs
         assert line and time.monotonic() < deadline, "pykvm did not start the guest"

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.children import die_with_parent
+
 REPO = Path(__file__).resolve().parents[1]
 COUNTING = "info: counting 200 PIT ticks"
 COUNTED = "PASS: 200 PIT ticks at 100 Hz"
@@ -66,7 +68,7 @@ class TimedProcess:
         self.timeout = timeout
         self.start = time.monotonic()
         self.proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, errors="replace")
+                                     text=True, errors="replace", preexec_fn=die_with_parent())
         self.run = TimedRun(status=-1)
         self._stderr: list[str] = []
         self._threads = [threading.Thread(target=self._read_lines, daemon=True),

@@ -13,7 +13,7 @@ long-mode image may not be loaded there):
 0x0500 - 0x052f     loader GDT (``build_gdt()``), GDTR = {0x500, 0x2f}
 0x1000 - 0x1fff     PML4 (long mode only)
 0x2000 - 0x2fff     PDPT
-0x3000 - 0x6fff     page directories, one per GiB of identity map (<= 4)
+0x3000 - 0x6fff     page directories, one per GiB of identity map (4 for the long-mode boot)
 0x7000 - 0x7fff     boot information (multiboot info, memory map, cmdline)
 0x7c00              load address of real-mode images (boot sectors)
 0x80000             default stack top for protected and long mode
@@ -74,6 +74,7 @@ PTE_PRESENT = 0x1
 PTE_RW = 0x2
 PTE_PS = 0x80
 GIB = 1 << 30
+LONG_MODE_MAP = 4 * GIB     # what the long-mode boot identity-maps: the 32-bit physical space
 _2MIB = 1 << 21
 
 # -- control registers per mode ----------------------------------------------------------
@@ -128,15 +129,17 @@ def real_mode_segment(selector: int, code: bool = False) -> Segment:
 
 
 # -- page tables -------------------------------------------------------------------------
-def identity_page_tables(mem_size: int) -> list[tuple[int, bytes]]:
-    """4-level tables identity-mapping max(mem_size, 1 GiB), rounded up to GiB, with 2 MiB pages.
+def identity_page_tables(mem_size: int, minimum: int = GIB) -> list[tuple[int, bytes]]:
+    """4-level tables identity-mapping max(mem_size, ``minimum``), rounded up to GiB, with 2 MiB
+    pages. The long-mode boot maps all 4 GiB (``LONG_MODE_MAP``): RAM, and above it the local
+    APIC and device MMIO a 64-bit guest can then reach without its own tables.
 
     Returns whole 4 KiB pages (PML4, PDPT, one page directory per GiB) with their
     guest-physical addresses, so whatever was in RAM there before is overwritten.
     """
     if mem_size <= 0:
         raise ValueError(f"memory size must be positive, not {mem_size}")
-    gibs = max(1, -(-mem_size // GIB))
+    gibs = max(1, -(-max(mem_size, minimum) // GIB))
     if gibs > MAX_PAGE_DIRECTORIES:
         raise BadInputError(f"long-mode boot identity-maps at most {MAX_PAGE_DIRECTORIES} GiB, "
                             f"guest RAM ends at {mem_size:#x}")
@@ -180,7 +183,7 @@ def boot_memory(mode: str, ram_end: int) -> list[tuple[int, bytes]]:
         return []
     pieces = [(GDT_ADDR, build_gdt())]
     if mode == "long":
-        pieces += identity_page_tables(ram_end)
+        pieces += identity_page_tables(ram_end, LONG_MODE_MAP)
     return pieces
 
 

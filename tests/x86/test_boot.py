@@ -98,7 +98,10 @@ def test_boot_memory_per_mode():
     assert boot.boot_memory("protected", 1 << 20) == [(0x500, boot.build_gdt())]
     long = boot.boot_memory("long", 1 << 20)
     assert long[0] == (0x500, boot.build_gdt())
-    assert [gpa for gpa, _ in long[1:]] == [0x1000, 0x2000, 0x3000]
+    # The whole 32-bit physical space, whatever the RAM: the local APIC at 0xfee00000 included.
+    assert [gpa for gpa, _ in long[1:]] == [0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000]
+    apic = struct.unpack_from("<Q", long[-1][1], 8 * (0xFEE00000 % (1 << 30) >> 21))[0]
+    assert apic == 0xFEE00000 | 0x83
     # Everything lies in the reserved area.
     assert all(gpa + len(d) <= boot.RESERVED_END for gpa, d in long)
 
