@@ -31,6 +31,8 @@ hidden segment state built here equals what a ``mov`` of the selector loads.
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 
 from pykvm.x86.state import CS, DS, ES, FS, GPR_NAMES, GS, RDX, RSP, SS, TR, CpuState, DescriptorTable, Segment
 from pykvm.errors import BadInputError
@@ -149,9 +151,11 @@ def identity_page_tables(mem_size: int, minimum: int = GIB) -> list[tuple[int, b
                        ).ljust(4096, b"\0")
     pieces = [(PML4_ADDR, pml4), (PDPT_ADDR, pdpt)]
     big = PTE_PRESENT | PTE_RW | PTE_PS
-    for i in range(gibs):
-        pd = struct.pack("<512Q", *((i * GIB + j * _2MIB) | big for j in range(512)))
-        pieces.append((PD_ADDR + 0x1000 * i, pd))
+    for i in range(gibs):                    # 2 MiB-aligned frames: the flags are their low bits
+        pd = array("Q", range(i * GIB | big, (i + 1) * GIB | big, _2MIB))
+        if sys.byteorder != "little":
+            pd.byteswap()
+        pieces.append((PD_ADDR + 0x1000 * i, pd.tobytes()))
     return pieces
 
 
