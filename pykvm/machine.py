@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import struct
 import sys
 import time
 import weakref
@@ -748,7 +749,11 @@ class Machine:
         from pykvm.debug.disasm import read_code
 
         sync = self.vcpu.sync_regs
-        if read_code(self.physical, state_from_kvm(sync.regs, sync.sregs), 1) == b"\xf4":
+        state = state_from_kvm(sync.regs, sync.sregs)
+        code = read_code(self.physical, state, 2)
+        if code == b"\x48\xcf" and self._return_from_interrupt(state, sync):
+            return None
+        if code[:1] == b"\xf4":
             # A step over HLT does not halt (a later KVM_RUN reports the halt wherever the guest
             # is then): KVM_RUN runs it without the step, and with IF = 1 (STI; HLT) its HLT exit
             # is ready for the interrupt. With IF = 0 the guest halts for good.
@@ -761,6 +766,39 @@ class Machine:
             return self._halted(regs.rflags, "KVM")
         self._set_window_stepping(True)
         return None
+
+    def _return_from_interrupt(self, state, sync) -> bool:
+        """IRETQ at the same privilege, done here rather than single-stepped: PVM reports the
+        step of an IRETQ one instruction late (after the instruction it returns to), so an
+        interrupt held off until the handler's IRET would be taken one instruction too late.
+        With the frame's IF set the held-off interrupt is injected at once. Not while an NMI is
+        being handled (KVM must see that IRET to unblock NMIs) nor across privilege levels:
+        then the step it is. True if it was done."""
+        from pykvm.debug.disasm import read_linear
+
+        if sync.events.nmi.masked or state.cpl != 0:
+            return False
+        rsp = sync.regs.rsp
+        try:
+            frame = read_linear(self.physical, state, rsp, 40)
+        except Exception:
+            return False
+        if len(frame) != 40:
+            return False
+        rip, cs, rflags, new_rsp, ss = struct.unpack("<5Q", frame)
+        if cs & 0xFFFF != sync.sregs.cs.selector or ss & 0xFFFF != sync.sregs.ss.selector:
+            return False
+        regs = self.vcpu.get_regs()
+        regs.rip, regs.rsp = rip, new_rsp
+        regs.rflags = (rflags & 0x257FD5) | (regs.rflags & 0x1A0000) | 2     # VM, VIF, VIP kept
+        self.vcpu.set_regs(regs)
+        if not regs.rflags & FLAG_IF:
+            return False                  # still held off: step on from the frame's RIP
+        self.vcpu.interrupt(self.platform.acknowledge())
+        self.stats.interrupts_injected += 1
+        self.vcpu.kvm_run.request_interrupt_window = 1 if self.platform.intr else 0
+        self._end_hold_off()
+        return True
 
     def _end_hold_off(self) -> None:
         self._steps_left = None

@@ -1,7 +1,7 @@
 """The PC platform around the vCPU: the devices every guest finds, and its interrupt line.
 
 ``PcPlatform`` puts on the bus what a PC has besides the UART and the debug-exit port: the
-vCPU's local APIC, the cascaded 8259 PICs (as a BIOS leaves them), the 8254 PIT with port
+vCPU's local APIC and the I/O APIC, the cascaded 8259 PICs (as a BIOS leaves them), the 8254 PIT with port
 0x61, the CMOS/RTC with the memory-size bytes, port 0x92 and the 8042's reset line, the
 POST-code port, and, on request, QEMU's pc-testdev. The machine sees three things of it:
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from pykvm.devices.ioapic import IoApic
 from pykvm.devices.lapic import LocalApic
 from pykvm.devices.pic import Pic
 from pykvm.devices.pit import Pit
@@ -32,6 +33,7 @@ from pykvm.x86.memmap import MemoryMap
 
 PIT_IRQ = 0
 RTC_IRQ = 8
+IOAPIC_PIT_PIN = 2
 
 
 class PcPlatform:
@@ -42,17 +44,19 @@ class PcPlatform:
         self.on_intr_change: Callable[[bool], None] | None = None
         self.on_nmi: Callable[[], None] | None = None      # an NMI for the vCPU
         self.lapic = LocalApic(apic_id)
+        self.ioapic = IoApic(self.lapic, on_nmi=self._nmi)
+        self.lapic.on_level_eoi = self.ioapic.end_of_interrupt
         self.pic = pic = Pic.bios_initialised()
-        self.pit = Pit(irq=partial(pic.set_irq, PIT_IRQ))
+        self.pit = Pit(irq=partial(self.set_irq, PIT_IRQ))
         # CMOS says what the map says: RAM below 4 GiB counted from 0, as a BIOS reports it.
         below, above = memory_map.ram_split()
-        self.rtc = Rtc(below + above, irq=partial(pic.set_irq, RTC_IRQ), below_4g=below)
+        self.rtc = Rtc(below + above, irq=partial(self.set_irq, RTC_IRQ), below_4g=below)
         self.port61 = SystemControlB(self.pit)
         self.port92 = SystemControlA()
         self.kbc = Kbc8042()
         self.post = PostCode()
-        self.testdev = PcTestdev(pic.set_irq) if testdev else None  # its MMIO page is in the map
-        for device in (self.lapic, pic, self.pit, self.rtc, self.port61, self.port92, self.kbc, self.post, self.testdev):
+        self.testdev = PcTestdev(self.set_irq) if testdev else None  # its MMIO page is in the map
+        for device in (self.lapic, self.ioapic, pic, self.pit, self.rtc, self.port61, self.port92, self.kbc, self.post, self.testdev):
             if device is not None:
                 device.attach(bus)
         self._timers = (self.pit, self.rtc, self.lapic)
@@ -63,6 +67,18 @@ class PcPlatform:
     def _nmi(self) -> None:
         if self.on_nmi is not None:
             self.on_nmi()
+
+    # -- interrupt lines in ---------------------------------------------------------------------
+    def set_irq(self, irq: int, level: int) -> None:
+        """Interrupt line ``irq`` (ISA IRQs 0-15, and 16-23 of the I/O APIC alone) goes to ``level``:
+        to the 8259s, and to the I/O APIC's pin ``irq`` (the PIT's IRQ 0 on pin 2, as PCs wire
+        it; ISA IRQ 2, the cascade, on no pin)."""
+        if irq < 16:
+            self.pic.set_irq(irq, level)
+        if irq == PIT_IRQ:
+            self.ioapic.set_irq(IOAPIC_PIT_PIN, level)
+        elif irq != 2:
+            self.ioapic.set_irq(irq, level)
 
     # -- the interrupt line ---------------------------------------------------------------------
     def _update_intr(self, *_) -> None:

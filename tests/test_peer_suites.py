@@ -147,3 +147,14 @@ def test_kvm_unit_tests_taskswitch2_passes_up_to_its_virtual_8086_task():
     assert not failed and len(passed) == 11, done.stdout[-2000:]
     assert passed[-1] == "PASS: PF exception"
     assert "a task switch to virtual-8086 mode" in done.stderr and done.returncode == 8
+
+
+def test_kvm_unit_tests_ioapic_passes_every_check_under_kvm():
+    """x86_64: long mode under KVM (PVM mode), pc-testdev's IRQ lines into the I/O APIC, its
+    interrupts through the local APIC: registers, edge and level pins, masking, remote IRR and
+    the EOI broadcast, TMR, and two edges taken back to back at the same RIP (QEMU TCG: the same
+    19)."""
+    done, failed, summary = _kvm_unit_test("x86_64/ioapic.flat")
+    assert not failed, failed
+    assert summary == ["SUMMARY: 19 tests"], done.stdout[-2000:] + done.stderr
+    assert done.returncode == 1 and " 1 conversions" in done.stderr

@@ -31,9 +31,9 @@ loads CR8 from at every KVM_RUN (the KVM API's rule without an in-kernel APIC). 
 reads them; the APIC does so at every access to its page and before every INTA. While
 IA32_APIC_BASE.EN is clear the page is not decoded (reads float) and no interrupt is accepted.
 
-Not modelled: x2APIC (not in the vCPU's CPUID), a relocated base (logged), SMIs, NMIs
-through LINT0/LINT1 or the LVT, level-triggered interrupts and remote IRR (there is no I/O APIC), the error
-interrupt.
+Level-triggered interrupts (from the I/O APIC) set their TMR bit, and their EOI is broadcast
+back to it (``on_level_eoi``). Not modelled: x2APIC (not in the vCPU's CPUID), a relocated
+base (logged), SMIs, NMIs through LINT0/LINT1 or the LVT, the error interrupt.
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ class LocalApic(TimedDevice):
         self.clock = clock
         self.on_change = None
         self.on_nmi = None
+        self.on_level_eoi = None     # EOI of a level-triggered vector (the I/O APIC's remote IRR)
         self.cpu = None
         self.apic_id = apic_id
         self.hw_enabled = True
@@ -148,14 +149,17 @@ class LocalApic(TimedDevice):
         in_service = max(_highest(self.isr), 0) & 0xF0
         return self.tpr if self.tpr & 0xF0 >= in_service else in_service
 
-    def accept(self, vector: int) -> None:
-        """A fixed interrupt arrives (an IPI, the timer): IRR, if the APIC is enabled."""
+    def accept(self, vector: int, level: bool = False) -> None:
+        """A fixed interrupt arrives (an IPI, the timer, the I/O APIC): IRR, if the APIC is
+        enabled; TMR records its trigger mode until the vector is accepted again."""
         if not self.enabled:
             return
         if vector < 16:
             self.errors |= ESR_RECEIVE_ILLEGAL_VECTOR
             return
-        self.irr |= 1 << vector
+        bit = 1 << vector
+        self.irr |= bit
+        self.tmr = self.tmr | bit if level else self.tmr & ~bit
         self._refresh()
 
     def acknowledge(self) -> int | None:
@@ -262,13 +266,16 @@ class LocalApic(TimedDevice):
         if vector >= 0:
             self.isr &= ~(1 << vector)
             self._refresh()
+            if self.tmr >> vector & 1 and self.on_level_eoi is not None:
+                self.on_level_eoi(vector)            # broadcast to the I/O APIC
 
     def _send_ipi(self, icr: int) -> None:
         vector, mode, shorthand = icr & 0xFF, icr >> 8 & 7, icr >> 18 & 3
         if mode in (MODE_FIXED, MODE_LOWEST) and vector < 16:
             self.errors |= ESR_SEND_ILLEGAL_VECTOR
             return
-        if shorthand == ALL_BUT_SELF or (shorthand == 0 and not self._is_destination(icr)):
+        if shorthand == ALL_BUT_SELF or (shorthand == 0 and not self.is_destination(self.icr_high >> 24,
+                                                                                    bool(icr & 1 << 11))):
             return                                   # no other processor to reach
         if mode in (MODE_FIXED, MODE_LOWEST):
             self.accept(vector)
@@ -278,11 +285,11 @@ class LocalApic(TimedDevice):
         elif mode == MODE_SMI:
             log.warning("local APIC: SMI IPI to itself dropped (not modelled)")
 
-    def _is_destination(self, icr: int) -> bool:
-        dest = self.icr_high >> 24
+    def is_destination(self, dest: int, logical: bool) -> bool:
+        """Whether an interrupt for ``dest`` (physical APIC ID, or logical flat/cluster) reaches it."""
         if dest == 0xFF:
             return True
-        if not icr & 1 << 11:                        # physical
+        if not logical:
             return dest == self.id >> 24
         logical = self.ldr >> 24
         if self.dfr >> 28 == 0xF:                    # flat model

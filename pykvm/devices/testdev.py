@@ -12,11 +12,11 @@ kvm-unit-tests' x86 suites expect this device on a PC (QEMU's
   does nothing — its userspace emulator keeps no host-side mapping of guest
   pages to drop, and pykvm does not reach into KVM's — so such a test runs,
   without the induced fault;
-* 0x2000-0x2017: IRQ lines. A byte written to 0x2000 + n sets ISA IRQ n high
-  (nonzero) or low (zero) through the PIC; a wider ``out`` reaches consecutive
-  lines, one byte each, as QEMU splits it (``outl 1, 0x200b`` raises IRQ 11 and
-  lowers 12-14). Reads return 0. QEMU's lines 16-23 go to an I/O APIC pykvm
-  does not have; writes there are ignored;
+* 0x2000-0x2017: IRQ lines. A byte written to 0x2000 + n sets interrupt line n
+  high (nonzero) or low (zero): ISA IRQs 0-15 reach the PIC and the I/O APIC,
+  lines 16-23 the I/O APIC alone; a wider ``out`` reaches consecutive lines, one
+  byte each, as QEMU splits it (``outl 1, 0x200b`` raises IRQ 11 and lowers
+  12-14). Reads return 0;
 * 0xff000000-0xff00ffff (MMIO, optional): 64 KiB of scratch memory.
 """
 
@@ -73,10 +73,8 @@ class IrqLines(ByteRegisters):
         return 0 if offset < IRQ_LINES else 0xFF
 
     def write_byte(self, offset: int, value: int) -> None:
-        if offset < ISA_IRQS:
+        if offset < IRQ_LINES:
             self.set_irq(offset, 1 if value else 0)
-        elif offset < IRQ_LINES:
-            log.debug("pc-testdev: IRQ line %d needs an I/O APIC; ignored", offset)
 
 
 class IoMem:
@@ -95,7 +93,7 @@ class IoMem:
 
 
 class PcTestdev:
-    """``set_irq(irq, level)`` is the PIC's (``Pic.set_irq``)."""
+    """``set_irq(line, level)`` is the platform's (``PcPlatform.set_irq``)."""
 
     def __init__(self, set_irq: Callable[[int, int], None]):
         self.scratch = Scratch()

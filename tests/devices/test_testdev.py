@@ -62,11 +62,11 @@ def test_wide_irq_writes_reach_consecutive_lines(rig):
     assert lines == [(11, 1), (12, 0), (13, 0), (14, 0)]
 
 
-def test_lines_16_to_23_are_ignored(rig):
+def test_lines_16_to_23_are_passed_on_for_the_io_apic(rig):
     bus, dev, lines = rig
     bus.pio_write(0x2010, 1, 1)
     bus.pio_write(0x2017, 1, 1)
-    assert lines == []
+    assert lines == [(16, 1), (23, 1)]
     assert bus.pio_read(0x2018, 1) == 0xFF              # past the device
 
 
