@@ -80,6 +80,11 @@ LVT_WRITABLE = {
 }
 
 
+# Registers read back as stored: offset -> attribute.
+_STORED = {ID: "id", TPR: "tpr", LDR: "ldr", DFR: "dfr", SVR: "svr", ESR: "esr", ICR_LOW: "icr_low",
+           ICR_HIGH: "icr_high", TIMER_INITIAL: "timer_initial", TIMER_DIVIDE: "divide"}
+
+
 def _highest(bits: int) -> int:
     """The highest vector set in a 256-bit register image, or -1."""
     return bits.bit_length() - 1
@@ -194,19 +199,22 @@ class LocalApic(TimedDevice):
 
     def register(self, offset: int) -> int:
         """The 32-bit value a read of the register at ``offset`` returns."""
+        name = _STORED.get(offset)
+        if name is not None:
+            return getattr(self, name)
         if offset in self.lvt:
             return self.lvt[offset]
+        if offset == VER:
+            return VERSION
+        if offset == PPR:
+            return self.processor_priority()
+        if offset == TIMER_CURRENT:
+            return self.timer_current()
         if ISR <= offset < IRR + 0x80:
             bank, index = divmod(offset - ISR, 0x80)
             bits = (self.isr, self.tmr, self.irr)[bank]
             return bits >> (index // 0x10 * 32) & 0xFFFFFFFF
-        simple = {ID: self.id, VER: VERSION, TPR: self.tpr, PPR: self.processor_priority(),
-                  LDR: self.ldr, DFR: self.dfr, SVR: self.svr, ESR: self.esr,
-                  ICR_LOW: self.icr_low, ICR_HIGH: self.icr_high, TIMER_INITIAL: self.timer_initial,
-                  TIMER_DIVIDE: self.divide}
-        if offset == TIMER_CURRENT:
-            return self.timer_current()
-        return simple.get(offset, 0)
+        return 0                                     # APR, RRD, EOI and the reserved offsets
 
     def write(self, offset: int, size: int, value: int) -> None:
         self.sync()
