@@ -656,6 +656,7 @@ class Machine:
                 stats.other_exits[reason] += 1
                 exit_ = vcpu.exit_record(reason)
                 if reason == _EXIT_MMIO:
+                    platform.lapic.sync()     # a WRMSR under KVM may have moved its page here
                     if exit_.is_write:
                         self.bus.mmio_write(exit_.address, exit_.length, exit_.value)
                     else:

@@ -73,6 +73,15 @@ class _AddressSpace:
         self.writers.clear()
         self.readers.clear()
 
+    def unregister(self, device: Device) -> None:
+        """Drop every range ``device`` claimed (a device that moves: the local APIC's base)."""
+        kept = [(s, e) for s, e in zip(self._starts, self._entries) if e[2] is not device]
+        self._starts = [s for s, _ in kept]
+        self._entries = [e for _, e in kept]
+        self._cache.clear()
+        self.writers.clear()
+        self.readers.clear()
+
     def find(self, addr: int):
         entry = self._cache.get(addr, _MISS)
         if entry is not _MISS:

@@ -31,9 +31,10 @@ loads CR8 from at every KVM_RUN (the KVM API's rule without an in-kernel APIC). 
 reads them; the APIC does so at every access to its page and before every INTA. While
 IA32_APIC_BASE.EN is clear the page is not decoded (reads float) and no interrupt is accepted.
 
-Level-triggered interrupts (from the I/O APIC) set their TMR bit, and their EOI is broadcast
-back to it (``on_level_eoi``). Not modelled: x2APIC (not in the vCPU's CPUID), a relocated
-base (logged), SMIs, NMIs through LINT0/LINT1 or the LVT, the error interrupt.
+The page moves with IA32_APIC_BASE's base (read at every MMIO exit in PVM mode, at every WRMSR
+in the emulator). Level-triggered interrupts (from the I/O APIC) set their TMR bit, and their
+EOI is broadcast back to it (``on_level_eoi``). Not modelled: x2APIC (not in the vCPU's CPUID),
+SMIs, NMIs through LINT0/LINT1 or the LVT, the error interrupt.
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ class LocalApic(TimedDevice):
         self.on_nmi = None
         self.on_level_eoi = None     # EOI of a level-triggered vector (the I/O APIC's remote IRR)
         self.cpu = None
+        self.bus = None
+        self.base = BASE_ADDRESS     # where the register page is decoded (IA32_APIC_BASE)
+        self._refused_base = None    # a base it could not move to (said once)
         self.apic_id = apic_id
         self.hw_enabled = True
         self.reset()
@@ -123,7 +127,26 @@ class LocalApic(TimedDevice):
         self.accepts_pic = True
 
     def attach(self, bus) -> None:
-        bus.mmio.register(BASE_ADDRESS, PAGE_SIZE, self)
+        self.bus = bus
+        bus.mmio.register(self.base, PAGE_SIZE, self)
+
+    def _move(self, base: int) -> None:
+        """IA32_APIC_BASE names another page: decode the registers there."""
+        from pykvm.devices.bus import BusConflictError
+
+        bus = self.bus
+        if bus is None:
+            self.base = base
+            return
+        bus.mmio.unregister(self)
+        try:
+            bus.mmio.register(base, PAGE_SIZE, self)
+        except BusConflictError as e:
+            log.warning("local APIC: cannot move to %#x (%s); it stays at %#x", base, e, self.base)
+            bus.mmio.register(self.base, PAGE_SIZE, self)
+            self._refused_base = base
+            return
+        self.base = base
 
     # -- the registers the vCPU holds --------------------------------------------------------------
     def sync(self) -> None:
@@ -134,11 +157,10 @@ class LocalApic(TimedDevice):
         base = cpu.apic_base
         enabled = bool(base & MSR_ENABLE)
         high = cpu.cr8 & 0xF
+        if enabled and base & MSR_BASE_MASK not in (self.base, self._refused_base):
+            self._move(base & MSR_BASE_MASK)
         if enabled == self.hw_enabled and high == self.tpr >> 4:
             return
-        if enabled and not self.hw_enabled and base & MSR_BASE_MASK != BASE_ADDRESS:
-            log.warning("local APIC moved to %#x: pykvm decodes it at %#x only", base & MSR_BASE_MASK,
-                        BASE_ADDRESS)
         self.hw_enabled = enabled
         if high != self.tpr >> 4:
             self.tpr = high << 4                     # MOV CR8 clears TPR[3:0]
@@ -255,6 +277,8 @@ class LocalApic(TimedDevice):
                 self._deadline = self._timer_start + self.timer_initial * self._tick_ns()
 
     def _write_lvt(self, offset: int, value: int) -> None:
+        if offset == LVT_TIMER:
+            self.update()        # a one-shot count that ran out stays out in periodic mode
         value &= LVT_WRITABLE[offset]
         if not self.svr & SVR_ENABLE:
             value |= MASKED                          # software-disabled: the LVT stays masked

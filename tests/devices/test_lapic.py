@@ -276,3 +276,52 @@ def test_the_apics_own_interrupt_comes_first(platform):
     ipi(lapic, 0x80)
     assert platform.acknowledge() == 0x80
     assert platform.intr and platform.acknowledge() == 0x08
+
+
+def test_the_page_moves_with_the_apic_base():
+    bus = Bus()
+    apic = L.LocalApic()
+    apic.cpu = SimpleNamespace(apic_base=0xFEE00900, cr8=0)
+    apic.attach(bus)
+    assert bus.mmio_read(L.BASE_ADDRESS + L.VER, 4) == 0x00050014
+    apic.cpu.apic_base = 0xFED40900                           # what a WRMSR IA32_APIC_BASE left
+    apic.sync()
+    assert bus.mmio_read(0xFED40000 + L.VER, 4) == 0x00050014
+    assert bus.mmio_read(L.BASE_ADDRESS + L.VER, 4) == 0xFFFFFFFF      # nothing decodes it now
+
+
+def test_a_move_onto_another_device_is_refused(caplog):
+    bus = Bus()
+    bus.mmio.register(0xFED40000, 0x1000, SimpleNamespace(read=lambda o, s: 0x5A, write=lambda o, s, v: None))
+    apic = L.LocalApic()
+    apic.cpu = SimpleNamespace(apic_base=0xFEE00900, cr8=0)
+    apic.attach(bus)
+    apic.cpu.apic_base = 0xFED40900
+    apic.sync()
+    apic.sync()
+    assert caplog.text.count("cannot move") == 1
+    assert bus.mmio_read(L.BASE_ADDRESS + L.VER, 4) == 0x00050014 and bus.mmio_read(0xFED40000, 4) == 0x5A
+
+
+def test_an_expired_one_shot_stays_at_zero_when_made_periodic(apic, clock):
+    """kvm-unit-tests' apic "TMCCT should stay at zero": the expiry counts even if nobody
+    looked at the timer between it and the mode change."""
+    apic.write(L.TIMER_DIVIDE, 4, 0xB)
+    apic.write(L.LVT_TIMER, 4, 0x45)
+    apic.write(L.TIMER_INITIAL, 4, 1_000_000)
+    clock.now += 1_500_000                                    # ran out; update() not called yet
+    apic.write(L.LVT_TIMER, 4, L.TIMER_PERIODIC | 0x45)
+    assert apic.read(L.TIMER_CURRENT, 4) == 0 and apic.next_deadline_ns() is None
+    assert apic.acknowledge() == 0x45                         # its interrupt was not lost
+
+
+def test_a_running_one_shot_made_periodic_counts_on(apic, clock):
+    apic.write(L.TIMER_DIVIDE, 4, 0xB)
+    apic.write(L.LVT_TIMER, 4, 0x45)
+    apic.write(L.TIMER_INITIAL, 4, 1_000_000)
+    clock.now += 600_000
+    apic.write(L.LVT_TIMER, 4, L.TIMER_PERIODIC | 0x45)
+    assert apic.read(L.TIMER_CURRENT, 4) == 400_000
+    clock.now += 400_000
+    apic.update()
+    assert apic.acknowledge() == 0x45 and apic.read(L.TIMER_CURRENT, 4) == 1_000_000   # reloaded
