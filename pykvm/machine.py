@@ -779,13 +779,9 @@ class Machine:
 
         if sync.events.nmi.masked or state.cpl != 0:
             return False
-        rsp = sync.regs.rsp
-        try:
-            frame = read_linear(self.physical, state, rsp, 40)
-        except Exception:
-            return False
+        frame = read_linear(self.physical, state, sync.regs.rsp, 40)
         if len(frame) != 40:
-            return False
+            return False                  # not all in RAM: let KVM do it
         rip, cs, rflags, new_rsp, ss = struct.unpack("<5Q", frame)
         if cs & 0xFFFF != sync.sregs.cs.selector or ss & 0xFFFF != sync.sregs.ss.selector:
             return False
