@@ -14,8 +14,9 @@ HLT, NMIs blocked from one NMI's delivery to the next IRET).
 Module map: ``emulator`` (run loop, block cache), ``translate`` (blocks), ``codegen``
 (instruction templates), ``ops_*`` (instruction families), ``flags`` (lazy EFLAGS),
 ``alu`` (shift/multiply/divide helpers), ``mmu`` (segmentation + paging + TLB + RAM/MMIO),
-``segments`` (descriptor loads), ``control`` (far transfers, IRET), ``interrupts`` (IVT/IDT
-delivery, #DF/triple fault), ``strings`` (string instructions), ``system`` (CR/MSR/CPUID/I/O).
+``segments`` (descriptor loads), ``control`` (far transfers, IRET), ``tasks`` (task switches),
+``interrupts`` (IVT/IDT delivery, #DF/triple fault), ``strings`` (string instructions), ``system``
+(CR/MSR/CPUID/I/O).
 """
 
 from pykvm.emulator.emulator import Emulator
