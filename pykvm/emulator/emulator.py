@@ -87,10 +87,10 @@ class Emulator(SystemOps):
         self.stop = False
         self.shadow = False
         self.instructions_executed = 0
-        # The INTR line, kept by the machine from the interrupt controller (``set_intr``), and
+        # The INTR line, kept by the owner from the interrupt controller (``set_intr``), and
         # the controller itself (``acknowledge() -> vector`` is the INTA cycle). intr_pending,
-        # checked once per block, is INTR or a latched NMI (``raise_nmi``); with no NMI
-        # latched it is INTR itself (an owner may set it directly).
+        # checked once per block, is INTR or a latched NMI (``raise_nmi``): derived, never set
+        # from outside.
         self.intr_line = False
         self.intr_pending = False
         self.interrupt_controller = None
@@ -695,13 +695,9 @@ class Emulator(SystemOps):
         self.state.nmi_pending = True
         self.intr_pending = True
 
-    def _intr_up(self) -> bool:
-        return self.intr_line or not self.state.nmi_pending
-
     def _interrupt_deliverable(self) -> bool:
         st = self.state
-        return self.intr_pending and ((st.nmi_pending and not st.nmi_blocked)
-                                      or (bool(st.rflags & FLAG_IF) and self._intr_up()))
+        return (st.nmi_pending and not st.nmi_blocked) or (self.intr_line and bool(st.rflags & FLAG_IF))
 
     def preempt_requested(self) -> bool:
         """Whether a long REP instruction should stop between elements: the run loop has an
@@ -718,7 +714,7 @@ class Emulator(SystemOps):
             st.nmi_blocked = True
             self.intr_pending = self.intr_line
             vector = EXC_NMI
-        elif st.rflags & FLAG_IF and self._intr_up():
+        elif self.intr_line and st.rflags & FLAG_IF:
             vector = self.interrupt_controller.acknowledge()
         else:
             return False

@@ -233,7 +233,7 @@ def test_an_interrupt_that_comes_up_inside_a_region_is_taken_at_the_next_block()
             self.raised = False
 
         def acknowledge(self):
-            self.emu.intr_pending = False
+            self.emu.set_intr(False)
             return 0x20
 
     states = {}
@@ -245,7 +245,8 @@ def test_an_interrupt_that_comes_up_inside_a_region_is_taken_at_the_next_block()
         while not emu.state.halted:
             total += emu.run(500)
             if total >= 3000 and not controller.raised:
-                emu.intr_pending = controller.raised = True      # as the PIC would, between runs
+                emu.set_intr(True)                              # as the PIC would, between runs
+                controller.raised = True
         states[tier] = state_of(emu)
     assert states["eager"] == states["interp"] == states["tiered"]
     assert states["interp"][0][6] == 1          # ESI: the handler ran once

@@ -29,11 +29,11 @@ class Controller:
         return 0
 
     def write(self, offset, size, value):
-        self.emu.intr_pending = bool(value)
+        self.emu.set_intr(bool(value))
 
     def acknowledge(self) -> int:
         self.acknowledged += 1
-        self.emu.intr_pending = False
+        self.emu.set_intr(False)
         return VECTOR
 
 
@@ -94,7 +94,7 @@ def test_mov_ss_shadows_one_instruction():
     mem.write_u16(VECTOR * 4, 0x7E00)
     Controller(emu, bus)
     assert emu.run(4) == 4 and emu.state.interrupt_shadow
-    emu.intr_pending = True              # the request arrives right after MOV SS
+    emu.set_intr(True)                   # the request arrives right after MOV SS
     while not emu.state.halted:
         emu.run(100)
     assert (emu.state.gpr[1], emu.state.gpr[7]) == (0, 1)
@@ -107,7 +107,7 @@ def test_hlt_sleeps_until_the_request_and_resumes_after_it():
     Controller(emu, bus)
     emu.run(100)
     assert emu.state.halted and emu.run(100) == 0          # nothing pending: stays halted
-    emu.intr_pending = True
+    emu.set_intr(True)
     while emu.state.gpr[3] == 0 and emu.run(100) or not emu.state.halted:
         pass
     assert emu.state.gpr[3] == 1 and emu.state.rip == 0x7C00 + 4 + 1
@@ -172,7 +172,7 @@ def test_an_interrupt_stops_a_long_rep_between_elements_and_it_resumes_after():
         def pending(self):
             self.looks += 1
             if self.looks == 2:
-                emu.intr_pending = True
+                emu.set_intr(True)
             return False
 
     emu.events = RaiseOnSecondLook()

@@ -10,34 +10,31 @@ import pytest
 
 from tests.emulator.asm import HAVE_AS, assemble
 from tests.emulator.machine import real_mode
+from tests.emulator.test_interrupts import VECTOR as INTR_VECTOR
+from tests.emulator.test_interrupts import Controller
 
 pytestmark = pytest.mark.skipif(not HAVE_AS, reason="GNU as/ld not installed")
 
-NMI_PORT = 0x501          # each write sends one NMI
-INTR_PORT = 0x500         # a write of 1 raises INTR (vector 0x20), 0 withdraws it
-INTR_VECTOR = 0x20
+NMI_PORT = 0x501          # each write sends one NMI, beside test_interrupts' INTR port 0x500
 
 
-class Signals:
-    def __init__(self, emu, bus):
-        self.emu = emu
-        self.acknowledged = 0
-        emu.interrupt_controller = self
-        bus.pio.register(INTR_PORT, 2, self)
+class Signals(Controller):
+    """test_interrupts' one-line interrupt controller (port 0x500 raises or withdraws INTR,
+    vector 0x20), and an NMI port beside it."""
 
-    def read(self, offset, size):
-        return 0
+    class NmiPort:
+        def __init__(self, emu):
+            self.emu = emu
 
-    def write(self, offset, size, value):
-        if offset == 1:
+        def read(self, offset, size):
+            return 0
+
+        def write(self, offset, size, value):
             self.emu.raise_nmi()
-        else:
-            self.emu.set_intr(bool(value))
 
-    def acknowledge(self) -> int:
-        self.acknowledged += 1
-        self.emu.set_intr(False)
-        return INTR_VECTOR
+    def __init__(self, emu, bus):
+        super().__init__(emu, bus)
+        bus.pio.register(NMI_PORT, 1, self.NmiPort(emu))
 
 
 # The NMI handler (0x7e00) counts in SI and, the first time, sends NMIs from inside itself

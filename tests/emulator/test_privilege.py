@@ -124,10 +124,10 @@ class OneInterrupt:
     def __init__(self, emu, vector: int):
         self.emu, self.vector = emu, vector
         emu.interrupt_controller = self
-        emu.intr_pending = True
+        emu.set_intr(True)
 
     def acknowledge(self) -> int:
-        self.emu.intr_pending = False
+        self.emu.set_intr(False)
         return self.vector
 
 
