@@ -8,14 +8,10 @@ with KVM_GET_CPUID2: PVM adjusts the table it is given), looked up with KVM's ru
 from __future__ import annotations
 
 from pykvm.kvm._ffi import ffi
-from pykvm.x86.bits import AMD_VENDOR_NAMES
+from pykvm.x86.bits import AMD_VENDORS
 
 _FLAG_SIGNIFICANT_INDEX = 1  # KVM_CPUID_FLAG_SIGNIFCANT_INDEX: the leaf has subleaves
 _ZEROS = (0, 0, 0, 0)
-# Vendor strings (EBX, EDX, ECX of leaf 0) of the CPUs that read out-of-range leaves as zeros.
-_AMD_VENDORS = {tuple(int.from_bytes(name[i:i + 4], "little") for i in (0, 4, 8)) for name in AMD_VENDOR_NAMES}
-
-
 _X2APIC, _TSC_DEADLINE = 1 << 21, 1 << 24       # leaf 1 ECX
 
 
@@ -64,7 +60,7 @@ class CpuidTable:
             else:
                 self._plain[e.function] = regs
         vendor = self._plain.get(0) or (0, 0, 0, 0)
-        self._intel_ranges = (vendor[1], vendor[3], vendor[2]) not in _AMD_VENDORS
+        self._intel_ranges = (vendor[1], vendor[3], vendor[2]) not in AMD_VENDORS
 
     def __call__(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
         found = self._lookup(leaf, subleaf)

@@ -44,7 +44,6 @@ GUEST_WRITE_IGNORED = frozenset({0x8B})     # IA32_BIOS_SIGN_ID / microcode revi
 
 _MC_BANKS_END = B.MSR_IA32_MC0_CTL + 4 * 32            # KVM's most: 32 banks of CTL/STATUS/ADDR/MISC
 _HWCR_MC_STATUS_WR_EN = 1 << 18
-_AMD_VENDORS = {tuple(int.from_bytes(name[i:i + 4], "little") for i in (0, 4, 8)) for name in B.AMD_VENDOR_NAMES}
 
 
 def guest_write_refused(index: int, value: int, cpuid, backend) -> bool:
@@ -54,7 +53,7 @@ def guest_write_refused(index: int, value: int, cpuid, backend) -> bool:
     if not (B.MSR_IA32_MC0_CTL <= index < _MC_BANKS_END and index & 3 == 1 and value):
         return False
     _, ebx, ecx, edx = cpuid(0, 0)
-    if (ebx, edx, ecx) not in _AMD_VENDORS:
+    if (ebx, edx, ecx) not in B.AMD_VENDORS:
         return True
     return not (backend.read(B.MSR_AMD64_HWCR) or 0) & _HWCR_MC_STATUS_WR_EN
 

@@ -72,8 +72,11 @@ MSR_TSC_AUX = 0xC0000103
 MSR_IA32_MC0_CTL = 0x400
 MSR_AMD64_HWCR = 0xC0010015
 
-# CPUID leaf 0 vendor names of the processors that follow AMD's rules (EBX, EDX, ECX order).
+# CPUID leaf 0 vendor names of the processors that follow AMD's rules, and the same as the
+# (EBX, EDX, ECX) triples leaf 0 returns.
 AMD_VENDOR_NAMES = (b"AuthenticAMD", b"AMDisbetter!", b"HygonGenuine")
+AMD_VENDORS = frozenset(tuple(int.from_bytes(name[i:i + 4], "little") for i in (0, 4, 8))
+                        for name in AMD_VENDOR_NAMES)
 
 # Exception vectors
 EXC_DE = 0

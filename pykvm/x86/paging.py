@@ -111,7 +111,7 @@ def walk(mem, cr0: int, cr3: int, cr4: int, efer: int, linear: int, access: int 
             raise PageFault(linear, _fault_code(access, fetch_flag, present=False))
         table = e & _ADDR_MASK_64
         levels = ((30, 1 << 30), (21, 2 << 20), (12, 1 << 12))
-    return _walk_long(mem, cr0, cr4, nxe, linear, access, entries, table, levels)
+    return _walk_long(mem, cr0, cr4, nxe, fetch_flag, linear, access, entries, table, levels)
 
 
 def _fault_code(access: int, fetch_flag: bool, present: bool) -> int:
@@ -175,9 +175,8 @@ def _walk32(mem, cr0, cr3, cr4, linear, access) -> Translation:
     return Translation(frame | (linear & 0xFFF), frame, 0x1000, writable, user, True, bool(new & PTE_D))
 
 
-def _walk_long(mem, cr0, cr4, nxe, linear, access, entries, table, levels) -> Translation:
+def _walk_long(mem, cr0, cr4, nxe, fetch_flag, linear, access, entries, table, levels) -> Translation:
     """Walk the remaining PAE / 4-level levels; ``entries`` holds the upper entries already read."""
-    fetch_flag = nxe or bool(cr4 & CR4_SMEP)
     writable = user = executable = True
     for addr, e in entries:
         if e is None:
