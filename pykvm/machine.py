@@ -369,8 +369,9 @@ class Machine:
             self._drain_coalesced()
         sync = self.vcpu.sync_regs
         self.state = state_from_kvm(sync.regs, sync.sregs, self.vcpu.get_msrs(SYNCED_MSRS), self.state)
-        self._kvm_nmi = self.state.nmi_pending, self.state.nmi_blocked = (bool(sync.events.nmi.pending),
-                                                                         bool(sync.events.nmi.masked))
+        self.state.nmi_pending = bool(sync.events.nmi.pending)
+        self.state.nmi_blocked = bool(sync.events.nmi.masked)
+        self._kvm_nmi = (self.state.nmi_pending, self.state.nmi_blocked)
         self.in_pvm_mode = False
         self.platform.lapic.cpu = self.state
         self.stats.reentries += 1
@@ -715,13 +716,17 @@ class Machine:
             kvm_run.request_interrupt_window = 0
             return None
         if kvm_run.ready_for_interrupt_injection and kvm_run.if_flag:
-            self.vcpu.interrupt(self.platform.acknowledge())
-            self.stats.interrupts_injected += 1
-            kvm_run.request_interrupt_window = 1 if self.platform.intr else 0
-            self._end_hold_off()
+            self._inject_now(kvm_run)
             return None
         kvm_run.request_interrupt_window = 1
         return self._hold_off()
+
+    def _inject_now(self, kvm_run) -> None:
+        """KVM_INTERRUPT with the vector INTA gives; ask for a window if another one is waiting."""
+        self.vcpu.interrupt(self.platform.acknowledge())
+        self.stats.interrupts_injected += 1
+        kvm_run.request_interrupt_window = 1 if self.platform.intr else 0
+        self._end_hold_off()
 
     def _hold_off(self) -> int | None:
         """An interrupt is pending but the guest cannot take it (IF = 0, or the shadow of STI or
@@ -791,10 +796,7 @@ class Machine:
         self.vcpu.set_regs(regs)
         if not regs.rflags & FLAG_IF:
             return False                  # still held off: step on from the frame's RIP
-        self.vcpu.interrupt(self.platform.acknowledge())
-        self.stats.interrupts_injected += 1
-        self.vcpu.kvm_run.request_interrupt_window = 1 if self.platform.intr else 0
-        self._end_hold_off()
+        self._inject_now(self.vcpu.kvm_run)
         return True
 
     def _end_hold_off(self) -> None:

@@ -1,9 +1,10 @@
 """The PC platform around the vCPU: the devices every guest finds, and its interrupt line.
 
 ``PcPlatform`` puts on the bus what a PC has besides the UART and the debug-exit port: the
-vCPU's local APIC and the I/O APIC, the cascaded 8259 PICs (as a BIOS leaves them), the 8254 PIT with port
-0x61, the CMOS/RTC with the memory-size bytes, port 0x92 and the 8042's reset line, the
-POST-code port, and, on request, QEMU's pc-testdev. The machine sees three things of it:
+vCPU's local APIC and the I/O APIC, the cascaded 8259 PICs (as a BIOS leaves them), the 8254
+PIT with port 0x61, the CMOS/RTC with the memory-size bytes, port 0x92 and the 8042's reset
+line, the POST-code port, and, on request, QEMU's pc-testdev. The machine sees three things
+of it:
 
 * ``intr`` and ``acknowledge()``: the processor's INTR input and the INTA cycle, whoever
   executes (the emulator or KVM_INTERRUPT). The local APIC's own interrupts come first; the
@@ -56,7 +57,8 @@ class PcPlatform:
         self.kbc = Kbc8042()
         self.post = PostCode()
         self.testdev = PcTestdev(self.set_irq) if testdev else None  # its MMIO page is in the map
-        for device in (self.lapic, self.ioapic, pic, self.pit, self.rtc, self.port61, self.port92, self.kbc, self.post, self.testdev):
+        for device in (self.lapic, self.ioapic, pic, self.pit, self.rtc, self.port61, self.port92, self.kbc,
+                       self.post, self.testdev):
             if device is not None:
                 device.attach(bus)
         self._timers = (self.pit, self.rtc, self.lapic)

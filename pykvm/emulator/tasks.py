@@ -105,7 +105,7 @@ def switch(emu, selector: int, source: str, return_eip: int, error_code: int | N
     # The new task: back link and busy bit, TR, then its state.
     new_flags = new[_EFLAGS // 4]
     if source in (CALL, INTERRUPT):
-        write(d.base & 0xFFFFFFFF, 2, old.selector, True)
+        write((d.base + _BACK_LINK) & 0xFFFFFFFF, 2, old.selector, True)
         new_flags |= FLAG_NT
     if source != IRET:
         write(addr + 5, 1, (raw >> 40 & 0xFF) | _BUSY, True)
@@ -149,7 +149,7 @@ def switch(emu, selector: int, source: str, return_eip: int, error_code: int | N
 def previous_task(emu) -> int:
     """IRET with NT set: the back link of the current TSS (it must name a GDT entry)."""
     st = emu.state
-    link = emu.mmu.lin_read(st.seg[TR].base & 0xFFFFFFFF, 2, True)
+    link = emu.mmu.lin_read((st.seg[TR].base + _BACK_LINK) & 0xFFFFFFFF, 2, True)
     if link & 4:
         raise CpuFault(EXC_TS, link & 0xFFFC)
     return link
